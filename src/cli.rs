@@ -1,0 +1,296 @@
+//! Command-line interface: flags (each also read from `NATTER_<FLAG>`), turned into a `Config`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, JwtKey, Limits};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "natter",
+    version,
+    about = "A self-hosted real-time chat server over wss://"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the chat server.
+    Serve(Box<ServeArgs>),
+    /// Print a signed HS256 token (for tests, scripts and the bench tool).
+    Token(TokenArgs),
+    /// List logical store keys matching a glob PATTERN (redis-cli style). Stop the server first.
+    Keys(KeysArgs),
+    /// Print one logical store key (redis-cli style). Stop the server first.
+    Get(GetArgs),
+}
+
+/// Durations on the command line are seconds, decimals allowed (`0.5`).
+fn secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !(v.is_finite() && v > 0.0) {
+        return Err(format!("'{s}' must be a positive number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the real one is printed).
+    #[arg(long, env = "NATTER_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: std::net::SocketAddr,
+    /// TLS certificate chain, PEM. With --key: serve https/wss.
+    #[arg(long, env = "NATTER_CERT")]
+    pub cert: Option<PathBuf>,
+    /// TLS private key, PEM.
+    #[arg(long, env = "NATTER_KEY")]
+    pub key: Option<PathBuf>,
+    /// Data directory of the embedded store.
+    #[arg(long, env = "NATTER_DATA", default_value = "./natter-data")]
+    pub data: PathBuf,
+    /// HS256 shared secret.
+    #[arg(long, env = "NATTER_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// File holding the HS256 secret (trailing newline ignored).
+    #[arg(long, env = "NATTER_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// RS256/ES256 public key, PEM (instead of a secret).
+    #[arg(long, env = "NATTER_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Claim that holds the uid.
+    #[arg(long, env = "NATTER_JWT_UID_CLAIM", default_value = "sub")]
+    pub jwt_uid_claim: String,
+    /// Clock leeway for exp/nbf, seconds.
+    #[arg(long, env = "NATTER_JWT_LEEWAY", default_value = "5", value_parser = secs)]
+    pub jwt_leeway: Duration,
+    /// Heartbeat interval, seconds.
+    #[arg(long, env = "NATTER_HEARTBEAT", default_value = "30", value_parser = secs)]
+    pub heartbeat: Duration,
+    /// Comma-separated extra allowed origins (`https://chat.example.com`); same host is always allowed.
+    #[arg(long, env = "NATTER_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Development mode: self-signed localhost cert in certs/dev/, random secret, GET /dev/token.
+    #[arg(long, env = "NATTER_DEV")]
+    pub dev: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct LimitArgs {
+    /// Largest whole message, bytes (fragments added up).
+    #[arg(long, env = "NATTER_MAX_MESSAGE_BYTES", default_value_t = 65_536)]
+    pub max_message_bytes: usize,
+    /// Longest `message` text, characters.
+    #[arg(long, env = "NATTER_MAX_TEXT_CHARS", default_value_t = 4_096)]
+    pub max_text_chars: usize,
+    /// `message` events per second per connection.
+    #[arg(long, env = "NATTER_RATE_PER_SEC", default_value_t = 20.0)]
+    pub rate_per_sec: f64,
+    /// Burst of `message` events per connection.
+    #[arg(long, env = "NATTER_RATE_BURST", default_value_t = 50.0)]
+    pub rate_burst: f64,
+    /// Time to authenticate, seconds.
+    #[arg(long, env = "NATTER_AUTH_TIMEOUT", default_value = "10", value_parser = secs)]
+    pub auth_timeout: Duration,
+    /// Failed auth attempts before close 1008.
+    #[arg(long, env = "NATTER_MAX_AUTH_FAILURES", default_value_t = 3)]
+    pub max_auth_failures: u32,
+    /// Pending outbound messages per connection before close 1013.
+    #[arg(long, env = "NATTER_OUTBOUND_MAX_MESSAGES", default_value_t = 1_024)]
+    pub outbound_max_messages: usize,
+    /// Pending outbound bytes per connection before close 1013.
+    #[arg(long, env = "NATTER_OUTBOUND_MAX_BYTES", default_value_t = 1 << 20)]
+    pub outbound_max_bytes: usize,
+    /// Connections per uid.
+    #[arg(long, env = "NATTER_MAX_CONNECTIONS_PER_UID", default_value_t = 16)]
+    pub max_connections_per_uid: usize,
+    /// Largest token, bytes.
+    #[arg(long, env = "NATTER_MAX_TOKEN_BYTES", default_value_t = 8_192)]
+    pub max_token_bytes: usize,
+    /// Grace after token expiry before close 1008, seconds.
+    #[arg(long, env = "NATTER_EXPIRY_GRACE", default_value = "30", value_parser = secs)]
+    pub expiry_grace: Duration,
+    /// TLS + HTTP upgrade handshake limit, seconds.
+    #[arg(long, env = "NATTER_HANDSHAKE_TIMEOUT", default_value = "10", value_parser = secs)]
+    pub handshake_timeout: Duration,
+    /// Offline queue entries per uid (oldest dropped first).
+    #[arg(long, env = "NATTER_OFFLINE_MAX", default_value_t = 1_000)]
+    pub offline_max: usize,
+    /// Offline queue entry lifetime, seconds.
+    #[arg(long, env = "NATTER_OFFLINE_TTL", default_value = "604800", value_parser = secs)]
+    pub offline_ttl: Duration,
+    /// Messages kept per room for `since` recovery.
+    #[arg(long, env = "NATTER_HISTORY_MAX", default_value_t = 1_000)]
+    pub history_max: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    /// HS256 secret.
+    #[arg(long, env = "NATTER_JWT_SECRET", hide_env_values = true)]
+    pub secret: String,
+    /// The uid (`sub` claim).
+    #[arg(long)]
+    pub sub: String,
+    /// Display name (`name` claim).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Lifetime, seconds.
+    #[arg(long, default_value_t = 86_400)]
+    pub ttl: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct KeysArgs {
+    /// Glob pattern (`*`, `?`), as redis-cli KEYS.
+    #[arg(default_value = "*")]
+    pub pattern: String,
+    #[arg(long, env = "NATTER_DATA", default_value = "./natter-data")]
+    pub data: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    /// A logical key, e.g. `room:r1:members` or `offline:alice`.
+    pub key: String,
+    #[arg(long, env = "NATTER_DATA", default_value = "./natter-data")]
+    pub data: PathBuf,
+}
+
+impl LimitArgs {
+    fn to_limits(&self) -> anyhow::Result<Limits> {
+        let positive = [
+            ("--max-message-bytes", self.max_message_bytes),
+            ("--max-text-chars", self.max_text_chars),
+            ("--max-auth-failures", self.max_auth_failures as usize),
+            ("--outbound-max-messages", self.outbound_max_messages),
+            ("--outbound-max-bytes", self.outbound_max_bytes),
+            ("--max-connections-per-uid", self.max_connections_per_uid),
+            ("--max-token-bytes", self.max_token_bytes),
+            ("--offline-max", self.offline_max),
+            ("--history-max", self.history_max),
+        ];
+        for (flag, v) in positive {
+            if v == 0 {
+                bail!("{flag} must be at least 1");
+            }
+        }
+        if !(self.rate_per_sec > 0.0 && self.rate_burst >= 1.0) {
+            bail!("--rate-per-sec must be > 0 and --rate-burst at least 1");
+        }
+        Ok(Limits {
+            max_message_bytes: self.max_message_bytes,
+            max_text_chars: self.max_text_chars,
+            rate_per_sec: self.rate_per_sec,
+            rate_burst: self.rate_burst,
+            auth_timeout: self.auth_timeout,
+            max_auth_failures: self.max_auth_failures,
+            outbound_max_messages: self.outbound_max_messages,
+            outbound_max_bytes: self.outbound_max_bytes,
+            max_connections_per_uid: self.max_connections_per_uid,
+            max_token_bytes: self.max_token_bytes,
+            expiry_grace: self.expiry_grace,
+            handshake_timeout: self.handshake_timeout,
+            offline_max: self.offline_max,
+            offline_ttl: self.offline_ttl,
+            history_max: self.history_max,
+        })
+    }
+}
+
+impl ServeArgs {
+    /// Validates flags and reads key files; every error names the flag and file at fault.
+    pub fn to_config(&self) -> anyhow::Result<Config> {
+        let limits = self.limits.to_limits()?;
+        let tls = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => Some(crate::tls::TlsFiles {
+                cert: c.clone(),
+                key: k.clone(),
+            }),
+            (None, None) if self.dev => Some(crate::tls::dev_certificate(std::path::Path::new(
+                "certs/dev",
+            ))?),
+            (None, None) => None,
+            (Some(_), None) => {
+                bail!("--cert was given without --key: give both, or neither for plain ws://")
+            }
+            (None, Some(_)) => {
+                bail!("--key was given without --cert: give both, or neither for plain ws://")
+            }
+        };
+        let given = [
+            self.jwt_secret.is_some(),
+            self.jwt_secret_file.is_some(),
+            self.jwt_public_key.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() > 1 {
+            bail!("give only one of --jwt-secret, --jwt-secret-file, --jwt-public-key");
+        }
+        let jwt_key = if let Some(s) = &self.jwt_secret {
+            if s.is_empty() {
+                bail!("--jwt-secret is empty");
+            }
+            JwtKey::Secret(s.as_bytes().to_vec())
+        } else if let Some(f) = &self.jwt_secret_file {
+            let raw = std::fs::read_to_string(f)
+                .with_context(|| format!("--jwt-secret-file: cannot read {}", f.display()))?;
+            let s = raw.trim_end_matches(['\r', '\n']);
+            if s.is_empty() {
+                bail!("--jwt-secret-file: {} is empty", f.display());
+            }
+            JwtKey::Secret(s.as_bytes().to_vec())
+        } else if let Some(f) = &self.jwt_public_key {
+            let pem = std::fs::read(f)
+                .with_context(|| format!("--jwt-public-key: cannot read {}", f.display()))?;
+            JwtKey::PublicPem(pem)
+        } else if self.dev {
+            let secret = crate::auth::random_secret();
+            tracing::warn!("--dev without a secret: using a random one for this run: {secret}");
+            JwtKey::Secret(secret.into_bytes())
+        } else {
+            bail!(
+                "no token key: give --jwt-secret, --jwt-secret-file or --jwt-public-key (or --dev)"
+            );
+        };
+        // Fail fast on an unusable key rather than on the first login.
+        crate::auth::Verifier::new(
+            &jwt_key,
+            &self.jwt_uid_claim,
+            self.jwt_leeway,
+            limits.max_token_bytes,
+        )
+        .map_err(|e| anyhow::anyhow!("--jwt-public-key: {e}"))?;
+        let mut allowed_origins = Vec::new();
+        for o in &self.allowed_origins {
+            let o = o.trim().trim_end_matches('/').to_ascii_lowercase();
+            if o.is_empty() {
+                continue;
+            }
+            if !(o.starts_with("http://") || o.starts_with("https://")) {
+                bail!("--allowed-origins: '{o}' is not of the form scheme://host[:port]");
+            }
+            allowed_origins.push(o);
+        }
+        Ok(Config {
+            listen: self.listen,
+            tls,
+            data_dir: self.data.clone(),
+            jwt_key,
+            jwt_uid_claim: self.jwt_uid_claim.clone(),
+            jwt_leeway: self.jwt_leeway,
+            heartbeat: self.heartbeat,
+            allowed_origins,
+            dev: self.dev,
+            limits,
+        })
+    }
+}

@@ -1,0 +1,79 @@
+//! Runtime configuration of `natter serve`: plain values, built once from the CLI.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Every limit of PROTOCOL.md's table, plus the store bounds.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Whole message (fragments added up), bytes; equal is allowed.
+    pub max_message_bytes: usize,
+    /// `message` text, characters.
+    pub max_text_chars: usize,
+    /// `message` events per second per connection (token bucket refill).
+    pub rate_per_sec: f64,
+    /// Token bucket size.
+    pub rate_burst: f64,
+    pub auth_timeout: Duration,
+    pub max_auth_failures: u32,
+    pub outbound_max_messages: usize,
+    pub outbound_max_bytes: usize,
+    pub max_connections_per_uid: usize,
+    pub max_token_bytes: usize,
+    pub expiry_grace: Duration,
+    pub handshake_timeout: Duration,
+    /// Per-uid offline queue length.
+    pub offline_max: usize,
+    pub offline_ttl: Duration,
+    /// Messages kept per room for `since` recovery.
+    pub history_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 65_536,
+            max_text_chars: 4_096,
+            rate_per_sec: 20.0,
+            rate_burst: 50.0,
+            auth_timeout: Duration::from_secs(10),
+            max_auth_failures: 3,
+            outbound_max_messages: 1_024,
+            outbound_max_bytes: 1 << 20,
+            max_connections_per_uid: 16,
+            max_token_bytes: 8_192,
+            expiry_grace: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            offline_max: 1_000,
+            offline_ttl: Duration::from_secs(7 * 24 * 3600),
+            history_max: 1_000,
+        }
+    }
+}
+
+/// How tokens are verified.
+#[derive(Clone)]
+pub enum JwtKey {
+    /// HS256 shared secret.
+    Secret(Vec<u8>),
+    /// RS256 or ES256 public key, PEM.
+    PublicPem(Vec<u8>),
+}
+
+#[derive(Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Both or neither; validated at startup.
+    pub tls: Option<crate::tls::TlsFiles>,
+    pub data_dir: PathBuf,
+    pub jwt_key: JwtKey,
+    pub jwt_uid_claim: String,
+    pub jwt_leeway: Duration,
+    pub heartbeat: Duration,
+    /// Extra allowed `Origin`s (`scheme://host[:port]`), lower-cased; same-host is always allowed.
+    pub allowed_origins: Vec<String>,
+    /// Enables `/dev/token`.
+    pub dev: bool,
+    pub limits: Limits,
+}

@@ -1,0 +1,281 @@
+//! The HTTP side: routes (`/healthz`, `/metrics`, the page, `/dev/token`) and the checks a
+//! WebSocket upgrade must pass (well-formed request, version, Origin) before a session starts.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::session::{self, Env, Upgrade};
+
+const PAGE: &str = include_str!("page/index.html");
+const SUBPROTOCOL: &str = "natter.v1";
+
+/// What request handling needs.
+pub struct App {
+    pub env: Arc<Env>,
+    /// Allowed origins besides the same host (lower-case `scheme://host[:port]`).
+    pub allowed_origins: Vec<String>,
+    /// Serving over TLS (for default ports in Origin checks).
+    pub tls: bool,
+    /// `--dev`: the HS256 secret `/dev/token` signs with.
+    pub dev_secret: Option<Vec<u8>>,
+    pub shutdown: CancellationToken,
+    pub sessions: TaskTracker,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn text(status: StatusCode, body: &'static str) -> Resp {
+    respond(status, "text/plain; charset=utf-8", body)
+}
+
+pub async fn handle(app: Arc<App>, mut req: Request<Incoming>) -> Result<Resp, Infallible> {
+    let h = req.headers();
+    let wants_ws = h.contains_key(hyper::header::UPGRADE)
+        || h.contains_key("sec-websocket-key")
+        || h.contains_key("sec-websocket-version");
+    let path = req.uri().path();
+    if wants_ws && (path == "/" || path == "/ws") {
+        return Ok(upgrade(&app, &mut req));
+    }
+    let metrics = app.env.hub.metrics();
+    Ok(match (req.method(), path) {
+        (&Method::GET, "/") | (&Method::GET, "/index.html") => {
+            respond(StatusCode::OK, "text/html; charset=utf-8", PAGE)
+        }
+        (&Method::GET, "/healthz") => {
+            respond(StatusCode::OK, "application/json", metrics.healthz())
+        }
+        (&Method::GET, "/metrics") => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics.prometheus(),
+        ),
+        (&Method::GET, "/dev/token") if app.dev_secret.is_some() => {
+            dev_token(&app, req.uri().query())
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    })
+}
+
+/// `GET /dev/token?uid=U&name=N` (only with `--dev`): a 24 h HS256 token.
+fn dev_token(app: &App, query: Option<&str>) -> Resp {
+    let uid = query_param(query, "uid").unwrap_or_default();
+    let name = query_param(query, "name").filter(|n| !n.is_empty());
+    if uid.is_empty() || uid.len() > crate::auth::MAX_UID_BYTES || uid.chars().any(char::is_control)
+    {
+        return text(StatusCode::BAD_REQUEST, "uid must be 1 to 256 bytes\n");
+    }
+    if name.as_deref().is_some_and(|n| !crate::auth::valid_name(n)) {
+        return text(StatusCode::BAD_REQUEST, "name must be 1 to 64 characters\n");
+    }
+    let secret = app.dev_secret.as_deref().expect("checked by the route");
+    match crate::auth::mint(
+        secret,
+        &uid,
+        name.as_deref(),
+        Duration::from_secs(24 * 3600),
+    ) {
+        Ok(t) => respond(
+            StatusCode::OK,
+            "application/json",
+            serde_json::json!({ "token": t }).to_string(),
+        ),
+        Err(_) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "could not mint a token\n",
+        ),
+    }
+}
+
+fn upgrade(app: &App, req: &mut Request<Incoming>) -> Resp {
+    let h = req.headers();
+    if req.method() != Method::GET || !fastwebsockets::upgrade::is_upgrade_request(req) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "bad WebSocket upgrade: GET with Upgrade: websocket and Connection: upgrade\n",
+        );
+    }
+    if h.get("sec-websocket-version").map(|v| v.as_bytes()) != Some(b"13") {
+        let mut r = text(
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported Sec-WebSocket-Version: use 13\n",
+        );
+        r.headers_mut()
+            .insert("sec-websocket-version", HeaderValue::from_static("13"));
+        return r;
+    }
+    if !valid_key(h.get("sec-websocket-key")) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "bad WebSocket upgrade: missing or malformed Sec-WebSocket-Key\n",
+        );
+    }
+    if let Some(origin) = h.get(hyper::header::ORIGIN) {
+        if !origin_allowed(origin.as_bytes(), h, app) {
+            return text(StatusCode::FORBIDDEN, "origin not allowed\n");
+        }
+    }
+    let token = bearer(h).or_else(|| query_param(req.uri().query(), "token"));
+    let v1 = h
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == SUBPROTOCOL);
+    let (mut resp, fut) = match fastwebsockets::upgrade::upgrade(&mut *req) {
+        Ok(x) => x,
+        Err(_) => return text(StatusCode::BAD_REQUEST, "bad WebSocket upgrade\n"),
+    };
+    if v1 {
+        resp.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+    }
+    let env = app.env.clone();
+    let shutdown = app.shutdown.clone();
+    app.sessions.spawn(async move {
+        match fut.await {
+            Ok(ws) => session::run(ws.into_inner(), env, Upgrade { token, v1 }, shutdown).await,
+            Err(e) => tracing::debug!("upgrade failed: {e}"),
+        }
+    });
+    let (parts, _) = resp.into_parts();
+    Response::from_parts(parts, Full::new(Bytes::new()))
+}
+
+/// A Sec-WebSocket-Key is the base64 of 16 bytes: 24 characters ending in `==`.
+fn valid_key(v: Option<&HeaderValue>) -> bool {
+    let Some(v) = v else { return false };
+    let b = v.as_bytes();
+    b.len() == 24
+        && b.ends_with(b"==")
+        && b[..22]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+}
+
+fn bearer(h: &HeaderMap) -> Option<String> {
+    let v = h.get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
+}
+
+/// Same host (and port) as the request, or on the allow-list; `null` never.
+fn origin_allowed(origin: &[u8], h: &HeaderMap, app: &App) -> bool {
+    let Ok(origin) = std::str::from_utf8(origin) else {
+        return false;
+    };
+    let origin = origin.trim().to_ascii_lowercase();
+    if app.allowed_origins.iter().any(|o| *o == origin) {
+        return true;
+    }
+    let Some((scheme, hostport)) = origin.split_once("://") else {
+        return false;
+    };
+    let default_port = match scheme {
+        "https" => "443",
+        "http" => "80",
+        _ => return false,
+    };
+    let Some(host) = h.get(hyper::header::HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let ours = if app.tls { "443" } else { "80" };
+    normalize(hostport, default_port) == normalize(&host.to_ascii_lowercase(), ours)
+}
+
+/// `host[:port]` with the default port made explicit.
+fn normalize(hostport: &str, default_port: &str) -> String {
+    let has_port = match hostport.rfind(':') {
+        Some(i) => {
+            !hostport[i..].contains(']') && hostport[i + 1..].chars().all(|c| c.is_ascii_digit())
+        }
+        None => false,
+    };
+    if has_port {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:{default_port}")
+    }
+}
+
+/// One query parameter, percent-decoded (`+` is a space).
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k)? == name)
+            .then(|| percent_decode(v))
+            .flatten()
+    })
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_are_decoded() {
+        assert_eq!(
+            query_param(Some("a=1&token=x%2Ey+z"), "token").as_deref(),
+            Some("x.y z")
+        );
+        assert_eq!(query_param(Some("a=1"), "token"), None);
+        assert_eq!(query_param(Some("token=%zz"), "token"), None);
+    }
+
+    #[test]
+    fn keys_are_checked() {
+        assert!(valid_key(Some(&HeaderValue::from_static(
+            "dGhlIHNhbXBsZSBub25jZQ=="
+        ))));
+        assert!(!valid_key(Some(&HeaderValue::from_static("short"))));
+        assert!(!valid_key(None));
+    }
+
+    #[test]
+    fn ports_are_normalized() {
+        assert_eq!(normalize("example.com", "443"), "example.com:443");
+        assert_eq!(normalize("example.com:8443", "443"), "example.com:8443");
+        assert_eq!(normalize("[::1]", "80"), "[::1]:80");
+        assert_eq!(normalize("[::1]:9", "80"), "[::1]:9");
+    }
+}

@@ -1,0 +1,169 @@
+//! The `natter` binary: parses the command line and runs one subcommand.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use natter::cli::{Cli, Command};
+use natter::config::{Config, JwtKey};
+use natter::store::sled_store::SledStore;
+use natter::store::{Bounds, Store};
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NATTER_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let result = match cli.command {
+        Command::Serve(args) => args.to_config().and_then(serve),
+        Command::Token(t) => natter::auth::mint(
+            t.secret.as_bytes(),
+            &t.sub,
+            t.name.as_deref(),
+            Duration::from_secs(t.ttl),
+        )
+        .map(|tok| println!("{tok}")),
+        Command::Keys(k) => open_for_inspection(&k.data)
+            .and_then(|s| natter::inspect::keys(&s, &k.pattern))
+            .map(|names| print!("{}", natter::inspect::format_keys(&names))),
+        Command::Get(g) => open_for_inspection(&g.data)
+            .and_then(|s| natter::inspect::get(&s, &g.key))
+            .map(|v| print!("{v}")),
+    };
+    if let Err(e) = result {
+        eprintln!("natter: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+fn bounds(cfg: Option<&Config>) -> Bounds {
+    let l = cfg.map(|c| c.limits.clone()).unwrap_or_default();
+    Bounds {
+        history_max: l.history_max,
+        offline_max: l.offline_max,
+        offline_ttl_ms: l.offline_ttl.as_millis() as u64,
+        dedupe_ttl_ms: 10 * 60 * 1000,
+    }
+}
+
+fn open_for_inspection(dir: &std::path::Path) -> anyhow::Result<SledStore> {
+    if !dir.exists() {
+        anyhow::bail!("--data: {} does not exist", dir.display());
+    }
+    SledStore::open(dir, bounds(None)).context("is the server still running? stop it first")
+}
+
+fn serve(cfg: Config) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            signals.cancel();
+        });
+        run(cfg, shutdown).await
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let tls = match &cfg.tls {
+        Some(files) => Some(tokio_rustls::TlsAcceptor::from(natter::tls::server_config(
+            files,
+        )?)),
+        None => None,
+    };
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("--data: cannot create {}", cfg.data_dir.display()))?;
+    let store = Arc::new(SledStore::open(&cfg.data_dir, bounds(Some(&cfg)))?);
+    store.clear_presence()?;
+    let store: Arc<dyn Store> = store;
+    let verifier = natter::auth::Verifier::new(
+        &cfg.jwt_key,
+        &cfg.jwt_uid_claim,
+        cfg.jwt_leeway,
+        cfg.limits.max_token_bytes,
+    )
+    .map_err(|e| anyhow::anyhow!("--jwt-public-key: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("--listen: cannot listen on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+
+    let metrics = Arc::new(natter::metrics::Metrics::default());
+    let hub = natter::hub::Hub::new(
+        store.clone(),
+        metrics.clone(),
+        cfg.limits.max_connections_per_uid,
+    );
+    let env = Arc::new(natter::session::Env {
+        hub: hub.clone(),
+        verifier: Arc::new(verifier),
+        limits: cfg.limits.clone(),
+    });
+    let dev_secret = match (&cfg.jwt_key, cfg.dev) {
+        (JwtKey::Secret(s), true) => Some(s.clone()),
+        _ => None,
+    };
+    let app = Arc::new(natter::http::App {
+        env,
+        allowed_origins: cfg.allowed_origins.clone(),
+        tls: tls.is_some(),
+        dev_secret,
+        shutdown: shutdown.clone(),
+        sessions: tokio_util::task::TaskTracker::new(),
+    });
+
+    let flusher_stop = CancellationToken::new();
+    let flusher = tokio::spawn(hub.group_commit().run(
+        store.clone(),
+        metrics.clone(),
+        flusher_stop.clone(),
+    ));
+    tokio::spawn(hub.clone().heartbeat(cfg.heartbeat, shutdown.clone()));
+    tokio::spawn(hub.clone().expire(shutdown.clone()));
+
+    if tls.is_none() {
+        tracing::warn!("no --cert/--key: serving plain ws:// (use TLS in production, or put natter behind a TLS proxy)");
+    }
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    println!("natter listening on {scheme}://{addr}");
+    std::io::stdout().flush()?;
+
+    natter::server::run(
+        listener,
+        app,
+        tls,
+        cfg.limits.handshake_timeout,
+        shutdown,
+        Duration::from_secs(7),
+    )
+    .await;
+    flusher_stop.cancel();
+    let _ = flusher.await;
+    store.flush().await.context("final store flush")?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! The per-connection outbound queue between the hub (many producers) and the connection's
+//! writer task (one consumer). Bounded in messages and bytes; a push never waits, so a slow
+//! reader can never slow a room down: when full, the connection is marked for close 1013.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+/// A close the writer sends after what is already queued.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloseReq {
+    pub code: u16,
+    pub reason: String,
+}
+
+/// The outcome of a push.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// Full now: nothing more is queued, close 1013 follows. Reported once per connection.
+    Overflow,
+    /// Already closing: the frame was dropped.
+    Dropped,
+}
+
+struct State {
+    queue: VecDeque<Bytes>,
+    bytes: usize,
+    close: Option<CloseReq>,
+}
+
+pub struct Outbox {
+    state: Mutex<State>,
+    /// Wakes the writer (permit semantics: a push before it waits is not lost).
+    wake: Notify,
+    /// Wakes the session supervisor when a close is requested.
+    closing: Notify,
+    max_messages: usize,
+    max_bytes: usize,
+}
+
+impl Outbox {
+    pub fn new(max_messages: usize, max_bytes: usize) -> Self {
+        Outbox {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                bytes: 0,
+                close: None,
+            }),
+            wake: Notify::new(),
+            closing: Notify::new(),
+            max_messages,
+            max_bytes,
+        }
+    }
+
+    /// Queues one encoded frame; never waits.
+    pub fn push(&self, frame: Bytes) -> Pushed {
+        let mut st = self.state.lock().unwrap();
+        if st.close.is_some() {
+            return Pushed::Dropped;
+        }
+        if st.queue.len() >= self.max_messages || st.bytes + frame.len() > self.max_bytes {
+            st.close = Some(CloseReq {
+                code: 1013,
+                reason: "slow consumer".into(),
+            });
+            drop(st);
+            self.wake.notify_one();
+            self.closing.notify_one();
+            return Pushed::Overflow;
+        }
+        st.bytes += frame.len();
+        st.queue.push_back(frame);
+        drop(st);
+        self.wake.notify_one();
+        Pushed::Queued
+    }
+
+    /// Asks the writer to send a close frame after the queued frames. The first request wins.
+    pub fn close(&self, code: u16, reason: &str) {
+        let mut st = self.state.lock().unwrap();
+        if st.close.is_none() {
+            st.close = Some(CloseReq {
+                code,
+                reason: reason.into(),
+            });
+        }
+        drop(st);
+        self.wake.notify_one();
+        self.closing.notify_one();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.state.lock().unwrap().close.is_some()
+    }
+
+    /// The close requested, if any (for the session's bookkeeping).
+    pub fn close_request(&self) -> Option<CloseReq> {
+        self.state.lock().unwrap().close.clone()
+    }
+
+    /// Writer side: moves every queued frame into `into`; returns the close request when the
+    /// queue is empty and a close is pending. Waits while there is nothing to do.
+    pub async fn take(&self, into: &mut Vec<Bytes>) -> Option<CloseReq> {
+        loop {
+            {
+                let mut st = self.state.lock().unwrap();
+                if !st.queue.is_empty() {
+                    into.extend(st.queue.drain(..));
+                    st.bytes = 0;
+                    return None;
+                }
+                if let Some(c) = &st.close {
+                    return Some(c.clone());
+                }
+            }
+            self.wake.notified().await;
+        }
+    }
+
+    /// Supervisor side: resolves once a close has been requested.
+    pub async fn closing(&self) {
+        loop {
+            if self.is_closing() {
+                return;
+            }
+            self.closing.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflow_marks_close_1013_and_drops_the_rest() {
+        let o = Outbox::new(2, 1000);
+        assert_eq!(o.push(Bytes::from_static(b"a")), Pushed::Queued);
+        assert_eq!(o.push(Bytes::from_static(b"b")), Pushed::Queued);
+        assert_eq!(o.push(Bytes::from_static(b"c")), Pushed::Overflow);
+        assert_eq!(o.push(Bytes::from_static(b"d")), Pushed::Dropped);
+        assert_eq!(o.close_request().unwrap().code, 1013);
+        let o = Outbox::new(100, 3);
+        assert_eq!(o.push(Bytes::from_static(b"abcd")), Pushed::Overflow);
+    }
+
+    #[tokio::test]
+    async fn writer_gets_frames_then_the_close() {
+        let o = Outbox::new(10, 1000);
+        o.push(Bytes::from_static(b"a"));
+        o.close(1000, "bye");
+        let mut v = Vec::new();
+        assert_eq!(o.take(&mut v).await, None);
+        assert_eq!(v.len(), 1);
+        assert_eq!(o.take(&mut v).await.unwrap().code, 1000);
+    }
+}

@@ -1,0 +1,329 @@
+//! The per-connection protocol state machine: authentication, rate limiting, and turning
+//! decoded events into hub calls. It writes only to its own outbox.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::Notify;
+
+use crate::auth::{Identity, Rejected};
+use crate::hub::{Conn, HubError, Who};
+use crate::protocol::{self, ClientEvent, DecodeLimits, ErrorCode};
+use crate::wire;
+
+use super::Env;
+
+/// What the supervisor needs to know of the session's token: its expiry (ms, 0 while
+/// anonymous), and a nudge when it changes.
+#[derive(Default)]
+pub struct AuthClock {
+    pub exp_ms: AtomicU64,
+    pub changed: Notify,
+}
+
+/// After handling an input: go on, or close with this code.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Close(u16, &'static str),
+}
+
+struct Authed {
+    uid: String,
+    token_name: Option<String>,
+}
+
+/// Token bucket for `message` events, plus the strikes that end in close 1008.
+struct RateLimit {
+    tokens: f64,
+    last: Instant,
+    strikes: VecDeque<Instant>,
+}
+
+pub struct Session {
+    env: Arc<Env>,
+    conn: Arc<Conn>,
+    clock: Arc<AuthClock>,
+    v1: bool,
+    auth: Option<Authed>,
+    login_name: Option<String>,
+    failures: u32,
+    rooms: Vec<String>,
+    rate: RateLimit,
+}
+
+impl Session {
+    pub fn new(env: Arc<Env>, conn: Arc<Conn>, clock: Arc<AuthClock>, v1: bool) -> Self {
+        let burst = env.limits.rate_burst;
+        Session {
+            env,
+            conn,
+            clock,
+            v1,
+            auth: None,
+            login_name: None,
+            failures: 0,
+            rooms: Vec::new(),
+            rate: RateLimit {
+                tokens: burst,
+                last: Instant::now(),
+                strikes: VecDeque::new(),
+            },
+        }
+    }
+
+    fn send(&self, json: &[u8]) {
+        if self.conn.outbox.push(wire::text(json)) == crate::outbox::Pushed::Queued {
+            self.env.hub.metrics().messages_out.inc();
+        }
+    }
+
+    fn error(&self, code: ErrorCode, detail: &str) {
+        self.env.hub.metrics().errors_sent.inc();
+        self.send(&protocol::error(code, detail));
+    }
+
+    fn name(&self) -> &str {
+        let a = self.auth.as_ref().expect("only called when authenticated");
+        a.token_name
+            .as_deref()
+            .or(self.login_name.as_deref())
+            .unwrap_or(&a.uid)
+    }
+
+    fn expired(&self) -> bool {
+        let exp = self.clock.exp_ms.load(Ordering::Relaxed);
+        exp != 0 && crate::now_ms() >= exp
+    }
+
+    /// A token from the upgrade request or an `auth` event.
+    pub fn on_token(&mut self, token: &str) -> Flow {
+        let metrics = self.env.hub.metrics().clone();
+        let id: Identity = match self.env.verifier.verify(token) {
+            Ok(id) => id,
+            Err(rejected) => {
+                metrics.auth_failures.inc();
+                self.failures += 1;
+                let reason = match rejected {
+                    Rejected::Expired => protocol::NOAUTH_TEXT,
+                    other => other.reason(),
+                };
+                self.send(&protocol::noauth(reason));
+                if self.failures >= self.env.limits.max_auth_failures {
+                    return Flow::Close(1008, "too many failed auth attempts");
+                }
+                return Flow::Continue;
+            }
+        };
+        match &self.auth {
+            Some(a) if a.uid != id.uid => {
+                self.send(&protocol::noauth("uid mismatch"));
+                return Flow::Continue;
+            }
+            Some(_) => {}
+            None => {
+                if !self.env.hub.claim_uid(&id.uid) {
+                    self.error(
+                        ErrorCode::TooManyConnections,
+                        "too many connections for this uid",
+                    );
+                    return Flow::Close(1008, "too many connections");
+                }
+                self.auth = Some(Authed {
+                    uid: id.uid.clone(),
+                    token_name: id.name.clone(),
+                });
+            }
+        }
+        if let (Some(a), Some(n)) = (self.auth.as_mut(), id.name) {
+            a.token_name = Some(n);
+        }
+        self.clock
+            .exp_ms
+            .store(id.exp.saturating_mul(1000).max(1), Ordering::Relaxed);
+        self.clock.changed.notify_one();
+        if self.v1 {
+            let name = self.name().to_string();
+            self.send(&protocol::auth_ok(&id.uid, &name, id.exp));
+        }
+        Flow::Continue
+    }
+
+    pub fn on_text(&mut self, text: &str) -> Flow {
+        let limits = DecodeLimits {
+            max_text_chars: self.env.limits.max_text_chars,
+        };
+        let event = match protocol::decode(text, limits) {
+            Ok(e) => e,
+            Err(e) => {
+                self.error(e.code, &e.detail);
+                return Flow::Continue;
+            }
+        };
+        match event {
+            ClientEvent::Auth { token } => return self.on_token(&token),
+            ClientEvent::Heartbeat { ping } => {
+                if ping {
+                    self.send(&protocol::heartbeat(false));
+                }
+                return Flow::Continue;
+            }
+            _ if self.auth.is_none() || self.expired() => {
+                self.send(&protocol::noauth(protocol::NOAUTH_TEXT));
+                return Flow::Continue;
+            }
+            ClientEvent::Login {
+                name,
+                roomid,
+                since,
+            } => {
+                if name.is_some() {
+                    self.login_name = name;
+                }
+                self.login(&roomid, since);
+            }
+            ClientEvent::Leave { roomid } => self.leave(&roomid),
+            ClientEvent::Message { roomid, text, cid } => {
+                return self.message(roomid, &text, cid.as_deref())
+            }
+        }
+        Flow::Continue
+    }
+
+    fn hub_error(&self, e: HubError) {
+        match e {
+            HubError::NotInRoom => self.error(
+                ErrorCode::NotInRoom,
+                "this connection has not joined that room",
+            ),
+            HubError::Internal(e) => {
+                tracing::error!("store error: {e:#}");
+                self.error(ErrorCode::Internal, "internal error, try again")
+            }
+        }
+    }
+
+    fn login(&mut self, roomid: &str, since: Option<u64>) {
+        let uid = self.auth.as_ref().expect("authenticated").uid.clone();
+        let who = Who {
+            uid: &uid,
+            name: self.name(),
+        };
+        match self.env.hub.join(&self.conn, &who, roomid, since) {
+            Ok(()) => {
+                if !self.rooms.iter().any(|r| r == roomid) {
+                    self.rooms.push(roomid.to_string());
+                }
+            }
+            Err(e) => self.hub_error(e),
+        }
+    }
+
+    fn leave(&mut self, roomid: &str) {
+        let Some(pos) = self.rooms.iter().position(|r| r == roomid) else {
+            return self.error(
+                ErrorCode::NotInRoom,
+                "this connection has not joined that room",
+            );
+        };
+        self.rooms.swap_remove(pos);
+        let uid = self.auth.as_ref().expect("authenticated").uid.clone();
+        let who = Who {
+            uid: &uid,
+            name: self.name(),
+        };
+        if let Err(e) = self.env.hub.leave(&self.conn, &who, roomid) {
+            self.hub_error(e);
+        }
+    }
+
+    /// Token bucket; false when the message must be dropped.
+    fn take_token(&mut self) -> bool {
+        let now = Instant::now();
+        let l = &self.env.limits;
+        let r = &mut self.rate;
+        r.tokens = (r.tokens + now.duration_since(r.last).as_secs_f64() * l.rate_per_sec)
+            .min(l.rate_burst);
+        r.last = now;
+        if r.tokens >= 1.0 {
+            r.tokens -= 1.0;
+            return true;
+        }
+        false
+    }
+
+    fn message(&mut self, roomid: Option<String>, text: &str, cid: Option<&str>) -> Flow {
+        if !self.take_token() {
+            let now = Instant::now();
+            let strikes = &mut self.rate.strikes;
+            strikes.push_back(now);
+            while strikes
+                .front()
+                .is_some_and(|t| now.duration_since(*t).as_secs() >= 10)
+            {
+                strikes.pop_front();
+            }
+            self.error(ErrorCode::RateLimited, "too many messages, slow down");
+            if self.rate.strikes.len() >= 3 {
+                return Flow::Close(1008, "rate limit");
+            }
+            return Flow::Continue;
+        }
+        let roomid = match roomid {
+            Some(r) if self.rooms.contains(&r) => r,
+            Some(_) => {
+                self.error(
+                    ErrorCode::NotInRoom,
+                    "this connection has not joined that room",
+                );
+                return Flow::Continue;
+            }
+            None => match self.rooms.as_slice() {
+                [only] => only.clone(),
+                [] => {
+                    self.error(ErrorCode::NotInRoom, "join a room first");
+                    return Flow::Continue;
+                }
+                _ => {
+                    self.error(
+                        ErrorCode::BadRoom,
+                        "this connection is in several rooms: give `roomid`",
+                    );
+                    return Flow::Continue;
+                }
+            },
+        };
+        let uid = self.auth.as_ref().expect("authenticated").uid.clone();
+        let who = Who {
+            uid: &uid,
+            name: self.name(),
+        };
+        if let Err(e) = self.env.hub.publish(&self.conn, &who, &roomid, text, cid) {
+            self.hub_error(e);
+        }
+        Flow::Continue
+    }
+}
+
+impl Drop for Session {
+    /// However the connection ends (even by task abort), it leaves its rooms and frees its
+    /// uid slot exactly once.
+    fn drop(&mut self) {
+        if let Some(a) = self.auth.take() {
+            let name = a
+                .token_name
+                .clone()
+                .or(self.login_name.clone())
+                .unwrap_or_else(|| a.uid.clone());
+            let who = Who {
+                uid: &a.uid,
+                name: &name,
+            };
+            self.env.hub.disconnect(&self.conn, &who, &self.rooms);
+            self.env.hub.release_uid(&a.uid);
+        }
+        self.env.hub.unregister(&self.conn);
+    }
+}

@@ -1,0 +1,207 @@
+//! How the logical keys of PROTOCOL.md's key scheme are laid out as bytes in an ordered
+//! key-value engine. Every component is length-prefixed, so no uid or roomid can collide with,
+//! or be a byte prefix of, another's (`offline:alice` never prefixes `offline:alice2`), and
+//! numbers are big-endian so that a key range is an id range.
+
+/// One physical key. Each variant is one element of a logical key (a set member, a list entry,
+/// a hash field, or a whole string/counter).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Key {
+    /// `room:{room}:members` set member.
+    Member { room: String, uid: String },
+    /// `user:{uid}:rooms` set member.
+    UserRoom { uid: String, room: String },
+    /// `room:{room}:online` hash field -> live connections (u32).
+    Online { room: String, uid: String },
+    /// `room:{room}:seq` counter (u64).
+    Seq { room: String },
+    /// `room:{room}:history` list entry, by message id.
+    History { room: String, id: u64 },
+    /// `offline:{uid}` list bookkeeping: next entry number and length.
+    QueueMeta { uid: String },
+    /// `offline:{uid}` list entry, by entry number.
+    Queue { uid: String, n: u64 },
+    /// `dedupe:{uid}:{cid}` string.
+    Dedupe { uid: String, cid: String },
+}
+
+const MEMBER: u8 = b'm';
+const USER_ROOM: u8 = b'u';
+const ONLINE: u8 = b'p';
+const SEQ: u8 = b's';
+const HISTORY: u8 = b'h';
+const QUEUE_META: u8 = b'q';
+const QUEUE: u8 = b'o';
+const DEDUPE: u8 = b'd';
+
+/// Builds keys component by component.
+pub struct KeyBuf(Vec<u8>);
+
+impl KeyBuf {
+    pub fn new(tag: u8) -> Self {
+        KeyBuf(vec![tag])
+    }
+    pub fn str(mut self, s: &str) -> Self {
+        // Components are bounded (uid 256, room 64, cid 64 bytes), so u16 is plenty.
+        let len = u16::try_from(s.len()).expect("key component under 64 KiB");
+        self.0.extend_from_slice(&len.to_be_bytes());
+        self.0.extend_from_slice(s.as_bytes());
+        self
+    }
+    pub fn num(mut self, n: u64) -> Self {
+        self.0.extend_from_slice(&n.to_be_bytes());
+        self
+    }
+    pub fn into_vec(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+/// Prefixes for scans: every element of one logical key.
+pub fn members_prefix(room: &str) -> Vec<u8> {
+    KeyBuf::new(MEMBER).str(room).into_vec()
+}
+pub fn user_rooms_prefix(uid: &str) -> Vec<u8> {
+    KeyBuf::new(USER_ROOM).str(uid).into_vec()
+}
+pub fn online_prefix(room: &str) -> Vec<u8> {
+    KeyBuf::new(ONLINE).str(room).into_vec()
+}
+pub fn online_all() -> Vec<u8> {
+    vec![ONLINE]
+}
+pub fn history_prefix(room: &str) -> Vec<u8> {
+    KeyBuf::new(HISTORY).str(room).into_vec()
+}
+pub fn queue_prefix(uid: &str) -> Vec<u8> {
+    KeyBuf::new(QUEUE).str(uid).into_vec()
+}
+pub fn queue_meta_all() -> Vec<u8> {
+    vec![QUEUE_META]
+}
+pub fn dedupe_all() -> Vec<u8> {
+    vec![DEDUPE]
+}
+
+impl Key {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Key::Member { room, uid } => KeyBuf::new(MEMBER).str(room).str(uid),
+            Key::UserRoom { uid, room } => KeyBuf::new(USER_ROOM).str(uid).str(room),
+            Key::Online { room, uid } => KeyBuf::new(ONLINE).str(room).str(uid),
+            Key::Seq { room } => KeyBuf::new(SEQ).str(room),
+            Key::History { room, id } => KeyBuf::new(HISTORY).str(room).num(*id),
+            Key::QueueMeta { uid } => KeyBuf::new(QUEUE_META).str(uid),
+            Key::Queue { uid, n } => KeyBuf::new(QUEUE).str(uid).num(*n),
+            Key::Dedupe { uid, cid } => KeyBuf::new(DEDUPE).str(uid).str(cid),
+        }
+        .into_vec()
+    }
+
+    pub fn decode(raw: &[u8]) -> Option<Key> {
+        let (&tag, mut rest) = raw.split_first()?;
+        let mut s = || -> Option<String> {
+            let len = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as usize;
+            let v = std::str::from_utf8(rest.get(2..2 + len)?).ok()?.to_string();
+            rest = &rest[2 + len..];
+            Some(v)
+        };
+        let key = match tag {
+            MEMBER => Key::Member {
+                room: s()?,
+                uid: s()?,
+            },
+            USER_ROOM => Key::UserRoom {
+                uid: s()?,
+                room: s()?,
+            },
+            ONLINE => Key::Online {
+                room: s()?,
+                uid: s()?,
+            },
+            SEQ => Key::Seq { room: s()? },
+            HISTORY => {
+                let room = s()?;
+                Key::History {
+                    room,
+                    id: u64::from_be_bytes(rest.try_into().ok()?),
+                }
+            }
+            QUEUE_META => Key::QueueMeta { uid: s()? },
+            QUEUE => {
+                let uid = s()?;
+                Key::Queue {
+                    uid,
+                    n: u64::from_be_bytes(rest.try_into().ok()?),
+                }
+            }
+            DEDUPE => Key::Dedupe {
+                uid: s()?,
+                cid: s()?,
+            },
+            _ => return None,
+        };
+        Some(key)
+    }
+
+    /// The logical (Redis) key this element belongs to, as PROTOCOL.md names it.
+    pub fn logical(&self) -> String {
+        match self {
+            Key::Member { room, .. } => format!("room:{room}:members"),
+            Key::UserRoom { uid, .. } => format!("user:{uid}:rooms"),
+            Key::Online { room, .. } => format!("room:{room}:online"),
+            Key::Seq { room } => format!("room:{room}:seq"),
+            Key::History { room, .. } => format!("room:{room}:history"),
+            Key::QueueMeta { uid } | Key::Queue { uid, .. } => format!("offline:{uid}"),
+            Key::Dedupe { uid, cid } => format!("dedupe:{uid}:{cid}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_uid_prefixes_another() {
+        let a = queue_prefix("alice");
+        let b = Key::Queue {
+            uid: "alice2".into(),
+            n: 0,
+        }
+        .encode();
+        assert!(!b.starts_with(&a));
+        let a = members_prefix("r1");
+        assert!(!Key::Member {
+            room: "r10".into(),
+            uid: "x".into()
+        }
+        .encode()
+        .starts_with(&a));
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        for k in [
+            Key::Member {
+                room: "r".into(),
+                uid: "u:1".into(),
+            },
+            Key::History {
+                room: "r".into(),
+                id: 7,
+            },
+            Key::Queue {
+                uid: "ü".into(),
+                n: 3,
+            },
+            Key::Dedupe {
+                uid: "u".into(),
+                cid: "c".into(),
+            },
+            Key::Seq { room: "r".into() },
+        ] {
+            assert_eq!(Key::decode(&k.encode()), Some(k));
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The in-memory backend: the same contract as sled with nothing on disk (tests, and a
+//! reference for what each method must do).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+
+use super::{Append, Bounds, FlushFuture, Queued, Result, Store, Stored};
+
+struct Entry {
+    ts: u64,
+    room: String,
+    id: u64,
+    json: Bytes,
+}
+
+#[derive(Default)]
+struct Data {
+    members: HashMap<String, BTreeSet<String>>,
+    user_rooms: HashMap<String, BTreeSet<String>>,
+    online: HashMap<String, BTreeMap<String, u32>>,
+    seq: HashMap<String, u64>,
+    history: HashMap<String, VecDeque<Stored>>,
+    queues: HashMap<String, VecDeque<Entry>>,
+    dedupe: HashMap<(String, String), (u64, String, u64)>,
+}
+
+pub struct MemoryStore {
+    bounds: Bounds,
+    data: Mutex<Data>,
+}
+
+impl MemoryStore {
+    pub fn new(bounds: Bounds) -> Self {
+        MemoryStore {
+            bounds,
+            data: Mutex::new(Data::default()),
+        }
+    }
+}
+
+impl Store for MemoryStore {
+    fn add_member(&self, room: &str, uid: &str) -> Result<bool> {
+        let mut d = self.data.lock().unwrap();
+        d.user_rooms
+            .entry(uid.into())
+            .or_default()
+            .insert(room.into());
+        Ok(d.members.entry(room.into()).or_default().insert(uid.into()))
+    }
+
+    fn remove_member(&self, room: &str, uid: &str) -> Result<bool> {
+        let mut d = self.data.lock().unwrap();
+        if let Some(r) = d.user_rooms.get_mut(uid) {
+            r.remove(room);
+        }
+        Ok(d.members
+            .get_mut(room)
+            .map(|m| m.remove(uid))
+            .unwrap_or(false))
+    }
+
+    fn members(&self, room: &str) -> Result<Vec<String>> {
+        let d = self.data.lock().unwrap();
+        Ok(d.members
+            .get(room)
+            .map(|m| m.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    fn set_online(&self, room: &str, uid: &str, conns: u32) -> Result<()> {
+        let mut d = self.data.lock().unwrap();
+        let r = d.online.entry(room.into()).or_default();
+        if conns == 0 {
+            r.remove(uid);
+        } else {
+            r.insert(uid.into(), conns);
+        }
+        Ok(())
+    }
+
+    fn online(&self, room: &str) -> Result<Vec<(String, u32)>> {
+        let d = self.data.lock().unwrap();
+        Ok(d.online
+            .get(room)
+            .map(|r| r.iter().map(|(u, n)| (u.clone(), *n)).collect())
+            .unwrap_or_default())
+    }
+
+    fn clear_presence(&self) -> Result<()> {
+        self.data.lock().unwrap().online.clear();
+        Ok(())
+    }
+
+    fn last_id(&self, room: &str) -> Result<u64> {
+        Ok(self
+            .data
+            .lock()
+            .unwrap()
+            .seq
+            .get(room)
+            .copied()
+            .unwrap_or(0))
+    }
+
+    fn append(&self, a: &Append) -> Result<()> {
+        let mut d = self.data.lock().unwrap();
+        d.seq.insert(a.room.into(), a.id);
+        let h = d.history.entry(a.room.into()).or_default();
+        h.push_back(Stored {
+            id: a.id,
+            json: Bytes::copy_from_slice(a.json),
+        });
+        while h.len() > self.bounds.history_max {
+            h.pop_front();
+        }
+        for uid in a.offline {
+            let q = d.queues.entry(uid.clone()).or_default();
+            q.push_back(Entry {
+                ts: a.now_ms,
+                room: a.room.into(),
+                id: a.id,
+                json: Bytes::copy_from_slice(a.json),
+            });
+            while q.len() > self.bounds.offline_max
+                || q.front()
+                    .is_some_and(|e| e.ts + self.bounds.offline_ttl_ms <= a.now_ms)
+            {
+                q.pop_front();
+            }
+        }
+        if let Some((uid, cid)) = a.dedupe {
+            d.dedupe
+                .insert((uid.into(), cid.into()), (a.now_ms, a.room.into(), a.id));
+        }
+        Ok(())
+    }
+
+    fn history_after(&self, room: &str, after: u64) -> Result<Vec<Stored>> {
+        let d = self.data.lock().unwrap();
+        Ok(d.history
+            .get(room)
+            .map(|h| h.iter().filter(|s| s.id > after).cloned().collect())
+            .unwrap_or_default())
+    }
+
+    fn take_offline(&self, uid: &str, room: &str, now_ms: u64) -> Result<Vec<Queued>> {
+        let mut d = self.data.lock().unwrap();
+        let Some(q) = d.queues.get_mut(uid) else {
+            return Ok(Vec::new());
+        };
+        let ttl = self.bounds.offline_ttl_ms;
+        let mut out = Vec::new();
+        q.retain(|e| {
+            let expired = e.ts + ttl <= now_ms;
+            if !expired && e.room == room {
+                out.push(Queued {
+                    id: e.id,
+                    json: e.json.clone(),
+                });
+            }
+            !(expired || e.room == room)
+        });
+        if q.is_empty() {
+            d.queues.remove(uid);
+        }
+        Ok(out)
+    }
+
+    fn offline_len(&self, uid: &str) -> Result<usize> {
+        Ok(self
+            .data
+            .lock()
+            .unwrap()
+            .queues
+            .get(uid)
+            .map(VecDeque::len)
+            .unwrap_or(0))
+    }
+
+    fn dedupe_get(&self, uid: &str, cid: &str, now_ms: u64) -> Result<Option<(String, u64)>> {
+        let d = self.data.lock().unwrap();
+        Ok(d.dedupe
+            .get(&(uid.to_string(), cid.to_string()))
+            .filter(|(ts, _, _)| ts + self.bounds.dedupe_ttl_ms > now_ms)
+            .map(|(_, room, id)| (room.clone(), *id)))
+    }
+
+    fn expire(&self, now_ms: u64) -> Result<()> {
+        let mut d = self.data.lock().unwrap();
+        let ttl = self.bounds.dedupe_ttl_ms;
+        d.dedupe.retain(|_, (ts, _, _)| *ts + ttl > now_ms);
+        let qttl = self.bounds.offline_ttl_ms;
+        for q in d.queues.values_mut() {
+            q.retain(|e| e.ts + qttl > now_ms);
+        }
+        d.queues.retain(|_, q| !q.is_empty());
+        Ok(())
+    }
+
+    fn flush(&self) -> FlushFuture {
+        Box::pin(async { Ok(()) })
+    }
+}

@@ -1,0 +1,91 @@
+//! Storage behind the `Store` trait, shaped around PROTOCOL.md's key scheme so that the hub
+//! never knows which engine holds the data (embedded sled today, Redis when scaled out).
+
+pub mod keys;
+pub mod memory;
+pub mod sled_store;
+#[cfg(test)]
+mod suite;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+
+pub type Result<T> = anyhow::Result<T>;
+pub type FlushFuture = Pin<Box<dyn Future<Output = Result<()>> + Send + 'static>>;
+
+/// A message as stored in `room:{room}:history`: its id and the JSON object published.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stored {
+    pub id: u64,
+    pub json: Bytes,
+}
+
+/// An entry taken from `offline:{uid}` for one room.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Queued {
+    pub id: u64,
+    pub json: Bytes,
+}
+
+/// Everything one publish writes.
+pub struct Append<'a> {
+    pub room: &'a str,
+    pub id: u64,
+    pub json: &'a [u8],
+    /// Members with no live connection in the room: each gets the message queued.
+    pub offline: &'a [String],
+    /// `(uid, cid)` to remember for dedupe, with the id.
+    pub dedupe: Option<(&'a str, &'a str)>,
+    pub now_ms: u64,
+}
+
+/// Bounds the store enforces.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    pub history_max: usize,
+    pub offline_max: usize,
+    pub offline_ttl_ms: u64,
+    pub dedupe_ttl_ms: u64,
+}
+
+/// The contract every backend keeps.
+///
+/// - Methods are synchronous and fast: an embedded engine answers from memory; a networked
+///   backend pipelines. Writes are visible to later reads at once, but durable only once a
+///   `flush` started after them has completed.
+/// - Each method is atomic on its own: `append` lands whole or not at all (after a crash too),
+///   and two concurrent `add_member` calls for different uids both end up members.
+/// - Ordering: the caller (the hub) serialises writes to one room; the store serialises
+///   writes to one uid's queue across rooms.
+pub trait Store: Send + Sync + 'static {
+    /// Adds `uid` to `room:{room}:members` and `room` to `user:{uid}:rooms`; true when new.
+    fn add_member(&self, room: &str, uid: &str) -> Result<bool>;
+    /// Ends a membership (both sets); true when it existed.
+    fn remove_member(&self, room: &str, uid: &str) -> Result<bool>;
+    fn members(&self, room: &str) -> Result<Vec<String>>;
+    /// `room:{room}:online` field `uid` := `conns`; 0 removes the field.
+    fn set_online(&self, room: &str, uid: &str, conns: u32) -> Result<()>;
+    /// `room:{room}:online`: uid -> live connections.
+    fn online(&self, room: &str) -> Result<Vec<(String, u32)>>;
+    /// Clears every room's presence (a single node starts with nobody online).
+    fn clear_presence(&self) -> Result<()>;
+    /// `room:{room}:seq`: the last message id given in the room, 0 when none.
+    fn last_id(&self, room: &str) -> Result<u64>;
+    /// Atomically: `seq := id`, history append (trimmed to `history_max`), one queue entry per
+    /// offline uid (trimmed to `offline_max`, oldest first), the dedupe record.
+    fn append(&self, a: &Append) -> Result<()>;
+    /// History entries with `id > after`, oldest first.
+    fn history_after(&self, room: &str, after: u64) -> Result<Vec<Stored>>;
+    /// Removes and returns `uid`'s queued messages for `room`, oldest first, dropping expired ones.
+    fn take_offline(&self, uid: &str, room: &str, now_ms: u64) -> Result<Vec<Queued>>;
+    /// Number of entries in `offline:{uid}` (all rooms).
+    fn offline_len(&self, uid: &str) -> Result<usize>;
+    /// `dedupe:{uid}:{cid}` when younger than the dedupe TTL: `(roomid, id)`.
+    fn dedupe_get(&self, uid: &str, cid: &str, now_ms: u64) -> Result<Option<(String, u64)>>;
+    /// Drops expired queue entries and dedupe records.
+    fn expire(&self, now_ms: u64) -> Result<()>;
+    /// Makes every write made before the call durable (survives a crash of the process).
+    fn flush(&self) -> FlushFuture;
+}

@@ -1,0 +1,187 @@
+//! One test suite for the `Store` contract, run against every backend.
+
+use std::sync::Arc;
+
+use super::memory::MemoryStore;
+use super::sled_store::SledStore;
+use super::{Append, Bounds, Store};
+
+const B: Bounds = Bounds {
+    history_max: 3,
+    offline_max: 2,
+    offline_ttl_ms: 1_000,
+    dedupe_ttl_ms: 500,
+};
+
+fn backends() -> Vec<(&'static str, Arc<dyn Store>, Option<tempfile::TempDir>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let sled = SledStore::open(dir.path(), B).unwrap();
+    vec![
+        ("memory", Arc::new(MemoryStore::new(B)), None),
+        ("sled", Arc::new(sled), Some(dir)),
+    ]
+}
+
+fn append(s: &dyn Store, room: &str, id: u64, offline: &[&str], now: u64) {
+    let offline: Vec<String> = offline.iter().map(|u| u.to_string()).collect();
+    let json = format!("{{\"id\":{id}}}");
+    s.append(&Append {
+        room,
+        id,
+        json: json.as_bytes(),
+        offline: &offline,
+        dedupe: None,
+        now_ms: now,
+    })
+    .unwrap();
+}
+
+#[test]
+fn membership_is_a_set_and_prefix_safe() {
+    for (name, s, _d) in backends() {
+        assert!(s.add_member("r1", "alice").unwrap(), "{name}");
+        assert!(!s.add_member("r1", "alice").unwrap(), "{name}");
+        assert!(s.add_member("r1", "alice2").unwrap(), "{name}");
+        assert!(s.add_member("r10", "bob").unwrap(), "{name}");
+        let mut m = s.members("r1").unwrap();
+        m.sort();
+        assert_eq!(m, vec!["alice", "alice2"], "{name}");
+        assert!(s.remove_member("r1", "alice").unwrap(), "{name}");
+        assert!(!s.remove_member("r1", "alice").unwrap(), "{name}");
+        assert_eq!(s.members("r1").unwrap(), vec!["alice2"], "{name}");
+    }
+}
+
+#[test]
+fn concurrent_joins_all_land() {
+    for (name, s, _d) in backends() {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        s.add_member("room", &format!("u{t}-{i}")).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(s.members("room").unwrap().len(), 400, "{name}");
+    }
+}
+
+#[test]
+fn history_is_capped_and_ids_continue() {
+    for (name, s, _d) in backends() {
+        for id in 1..=5 {
+            append(&*s, "r", id, &[], 0);
+        }
+        assert_eq!(s.last_id("r").unwrap(), 5, "{name}");
+        let ids: Vec<u64> = s
+            .history_after("r", 0)
+            .unwrap()
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(ids, vec![3, 4, 5], "{name}");
+        let ids: Vec<u64> = s
+            .history_after("r", 4)
+            .unwrap()
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(ids, vec![5], "{name}");
+        assert!(s.history_after("r", 5).unwrap().is_empty(), "{name}");
+        assert!(s.history_after("other", 0).unwrap().is_empty(), "{name}");
+    }
+}
+
+#[test]
+fn offline_queues_are_per_uid_per_room_capped_and_expire() {
+    for (name, s, _d) in backends() {
+        append(&*s, "r1", 1, &["alice", "alice2"], 0);
+        append(&*s, "r2", 1, &["alice"], 0);
+        append(&*s, "r1", 2, &["alice"], 10);
+        // cap 2: the oldest (r1#1) was dropped
+        assert_eq!(s.offline_len("alice").unwrap(), 2, "{name}");
+        let got: Vec<u64> = s
+            .take_offline("alice", "r1", 20)
+            .unwrap()
+            .iter()
+            .map(|q| q.id)
+            .collect();
+        assert_eq!(got, vec![2], "{name}");
+        assert!(
+            s.take_offline("alice", "r1", 20).unwrap().is_empty(),
+            "{name}"
+        );
+        assert_eq!(s.offline_len("alice").unwrap(), 1, "{name}");
+        // alice2's queue is its own
+        assert_eq!(
+            s.take_offline("alice2", "r1", 20).unwrap().len(),
+            1,
+            "{name}"
+        );
+        // TTL 1000 ms: r2#1 (ts 0) is gone at 1000
+        assert!(
+            s.take_offline("alice", "r2", 1_000).unwrap().is_empty(),
+            "{name}"
+        );
+        append(&*s, "r1", 3, &["carol"], 0);
+        s.expire(5_000).unwrap();
+        assert_eq!(s.offline_len("carol").unwrap(), 0, "{name}");
+    }
+}
+
+#[test]
+fn dedupe_records_expire() {
+    for (name, s, _d) in backends() {
+        s.append(&Append {
+            room: "r",
+            id: 1,
+            json: b"{}",
+            offline: &[],
+            dedupe: Some(("u", "c1")),
+            now_ms: 100,
+        })
+        .unwrap();
+        assert_eq!(
+            s.dedupe_get("u", "c1", 200).unwrap(),
+            Some(("r".to_string(), 1)),
+            "{name}"
+        );
+        assert_eq!(s.dedupe_get("u2", "c1", 200).unwrap(), None, "{name}");
+        assert_eq!(s.dedupe_get("u", "c1", 600).unwrap(), None, "{name}");
+        s.expire(600).unwrap();
+        assert_eq!(s.dedupe_get("u", "c1", 0).unwrap(), None, "{name}");
+    }
+}
+
+#[test]
+fn presence_is_cleared() {
+    for (name, s, _d) in backends() {
+        s.set_online("r", "u", 2).unwrap();
+        s.set_online("r", "v", 1).unwrap();
+        s.set_online("r", "v", 0).unwrap();
+        assert_eq!(s.online("r").unwrap(), vec![("u".to_string(), 2)], "{name}");
+        s.clear_presence().unwrap();
+        assert!(s.online("r").unwrap().is_empty(), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn sled_survives_reopen_after_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = SledStore::open(dir.path(), B).unwrap();
+        s.add_member("r", "u").unwrap();
+        append(&s, "r", 1, &["u"], crate::now_ms());
+        s.flush().await.unwrap();
+    }
+    let s = SledStore::open(dir.path(), B).unwrap();
+    assert_eq!(s.last_id("r").unwrap(), 1);
+    assert_eq!(s.members("r").unwrap(), vec!["u"]);
+    assert_eq!(s.take_offline("u", "r", crate::now_ms()).unwrap().len(), 1);
+}
