@@ -42,6 +42,14 @@ fn secs(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(v))
 }
 
+/// Like `secs`, but zero is allowed (a strict clock leeway).
+fn secs_or_zero(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(0.0) => Ok(Duration::ZERO),
+        _ => secs(s),
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the real one is printed).
@@ -69,7 +77,7 @@ pub struct ServeArgs {
     #[arg(long, env = "NATTER_JWT_UID_CLAIM", default_value = "sub")]
     pub jwt_uid_claim: String,
     /// Clock leeway for exp/nbf, seconds.
-    #[arg(long, env = "NATTER_JWT_LEEWAY", default_value = "5", value_parser = secs)]
+    #[arg(long, env = "NATTER_JWT_LEEWAY", default_value = "5", value_parser = secs_or_zero)]
     pub jwt_leeway: Duration,
     /// Heartbeat interval, seconds.
     #[arg(long, env = "NATTER_HEARTBEAT", default_value = "30", value_parser = secs)]

@@ -186,7 +186,7 @@ fn origin_allowed(origin: &[u8], h: &HeaderMap, app: &App) -> bool {
         return false;
     };
     let origin = origin.trim().to_ascii_lowercase();
-    if app.allowed_origins.iter().any(|o| *o == origin) {
+    if app.allowed_origins.contains(&origin) {
         return true;
     }
     let Some((scheme, hostport)) = origin.split_once("://") else {

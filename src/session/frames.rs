@@ -206,7 +206,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
                         return Err(Violation(1002, "new message inside a fragmented one"));
                     }
                     if frame.fin {
-                        return Ok(finish(frame.opcode, frame.payload.to_vec())?);
+                        return finish(frame.opcode, frame.payload.to_vec());
                     }
                     self.partial = Some((frame.opcode, frame.payload.to_vec()));
                 }
@@ -219,7 +219,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
                     }
                     buf.extend_from_slice(&frame.payload);
                     if frame.fin {
-                        return Ok(finish(op, buf)?);
+                        return finish(op, buf);
                     }
                     self.partial = Some((op, buf));
                 }

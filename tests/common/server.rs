@@ -1,0 +1,380 @@
+//! The server process: [`ServerOpts`], [`Server`] (spawn / kill / terminate / restart
+//! `natter serve`, byte streams to it) and [`run_natter`] for one-shot CLI runs.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpSocket;
+
+use super::{generate_tls, natter_bin, tls_client_config, BoxIo, TlsFiles, RECV_TIMEOUT, SECRET};
+
+#[derive(Clone)]
+pub struct ServerOpts {
+    pub secret: String,
+    pub args: Vec<String>,
+    pub tls: bool,
+    /// Data dir to use instead of a fresh one in the temp dir (restart tests).
+    pub data_dir: Option<PathBuf>,
+    /// Fixed port (else 0).
+    pub port: Option<u16>,
+}
+
+impl Default for ServerOpts {
+    fn default() -> Self {
+        ServerOpts {
+            secret: SECRET.to_string(),
+            args: vec![],
+            tls: false,
+            data_dir: None,
+            port: None,
+        }
+    }
+}
+
+impl ServerOpts {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// `--flag value`
+    pub fn arg(mut self, flag: &str, value: impl ToString) -> Self {
+        self.args.push(flag.to_string());
+        self.args.push(value.to_string());
+        self
+    }
+    /// bare `--flag`
+    pub fn flag(mut self, flag: &str) -> Self {
+        self.args.push(flag.to_string());
+        self
+    }
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub opts: ServerOpts,
+    pub tmp: tempfile::TempDir,
+    pub data_dir: PathBuf,
+    pub stderr_path: PathBuf,
+    pub port: u16,
+    /// `ws://127.0.0.1:PORT` or `wss://...`, as printed by the server.
+    pub url: String,
+    pub tls: Option<TlsFiles>,
+    pub tls_config: Option<Arc<rustls::ClientConfig>>,
+    /// stdout lines after the first one (should stay empty).
+    pub extra_stdout: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    pub async fn start(opts: ServerOpts) -> Server {
+        let tmp = tempfile::Builder::new()
+            .prefix("natter-test-")
+            .tempdir()
+            .unwrap();
+        let data_dir = opts
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| tmp.path().join("data"));
+        let tls = if opts.tls {
+            Some(generate_tls(tmp.path()))
+        } else {
+            None
+        };
+        let tls_config = tls.as_ref().map(|t| tls_client_config(&t.ca_der));
+        let stderr_path = tmp.path().join("stderr.log");
+        let mut s = Server {
+            child: None,
+            port: opts.port.unwrap_or(0),
+            opts,
+            tmp,
+            data_dir,
+            stderr_path,
+            url: String::new(),
+            tls,
+            tls_config,
+            extra_stdout: Arc::new(Mutex::new(vec![])),
+        };
+        s.spawn().await;
+        s
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server not running").id()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(natter_bin());
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--data")
+            .arg(&self.data_dir)
+            .arg("--jwt-secret")
+            .arg(&self.opts.secret);
+        if let Some(t) = &self.tls {
+            cmd.arg("--cert")
+                .arg(&t.cert_path)
+                .arg("--key")
+                .arg(&t.key_path);
+        }
+        cmd.args(&self.opts.args);
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+        if std::env::var("NATTER_TEST_STDERR").as_deref() == Ok("inherit") {
+            cmd.stderr(Stdio::inherit());
+        } else {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.stderr_path)
+                .unwrap();
+            cmd.stderr(Stdio::from(f));
+        }
+        cmd
+    }
+
+    /// Spawn and wait for the `natter listening on ...` line. With a fixed port, retries a few
+    /// times when the process exits early (port still held by the previous instance).
+    async fn spawn(&mut self) {
+        let attempts = if self.port == 0 { 1 } else { 20 };
+        let mut last_err = String::new();
+        for attempt in 0..attempts {
+            match self.try_spawn().await {
+                Ok(()) => return,
+                Err(e) => {
+                    last_err = e;
+                    if attempt + 1 < attempts {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        }
+        panic!(
+            "natter did not start: {last_err}\n--- server stderr ---\n{}",
+            self.stderr()
+        );
+    }
+
+    async fn try_spawn(&mut self) -> Result<(), String> {
+        let mut child = self.command().spawn().map_err(|e| format!("spawn: {e}"))?;
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<Option<String>>();
+        let extra = self.extra_stdout.clone();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let first = lines.next().and_then(|l| l.ok());
+            let _ = tx.send(first);
+            for l in lines.map_while(Result::ok) {
+                extra.lock().unwrap().push(l);
+            }
+        });
+        let line = match tokio::time::timeout(Duration::from_secs(20), rx).await {
+            Ok(Ok(Some(l))) => l,
+            Ok(_) => {
+                let st = child.wait().ok();
+                return Err(format!(
+                    "stdout closed before the listening line (exit: {st:?})"
+                ));
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("no listening line within 20 s".into());
+            }
+        };
+        let prefix = "natter listening on ";
+        let url = match line.strip_prefix(prefix) {
+            Some(u) => u.trim().to_string(),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("unexpected first stdout line: {line:?}"));
+            }
+        };
+        let expected_scheme = if self.tls.is_some() {
+            "wss://"
+        } else {
+            "ws://"
+        };
+        assert!(
+            url.starts_with(expected_scheme),
+            "listening url {url:?} should start with {expected_scheme}"
+        );
+        let port: u16 = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .unwrap_or_else(|| panic!("no port in {url:?}"));
+        assert!(port != 0, "bound port is 0 in {url:?}");
+        if self.port != 0 {
+            assert_eq!(port, self.port, "server did not bind the requested port");
+        }
+        self.port = port;
+        self.url = url;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM (the child stays owned; use [`Server::wait_exit`]).
+    pub fn terminate(&self) {
+        let pid = self.pid();
+        let st = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -TERM {pid} failed");
+    }
+
+    /// Wait for the process to exit (polling), panics after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.child.as_mut().expect("server not running");
+            if let Some(st) = c.try_wait().expect("try_wait") {
+                self.child = None;
+                return st;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "natter did not exit within {timeout:?}\n--- server stderr ---\n{}",
+                    self.stderr()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit (code 0).
+    pub async fn stop(&mut self) {
+        self.terminate();
+        let st = self.wait_exit(Duration::from_secs(15)).await;
+        assert!(
+            st.success(),
+            "natter exited with {st:?} after SIGTERM\n{}",
+            self.stderr()
+        );
+    }
+
+    /// Start again on the same data dir and the same port (kills a still-running child first).
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    /// Like [`Server::restart`] but with different extra args.
+    pub async fn restart_with_args(&mut self, args: Vec<String>) {
+        self.kill();
+        self.opts.args = args;
+        self.spawn().await;
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().ok().flatten().is_none(),
+            None => false,
+        }
+    }
+
+    /// Open a TCP (or TLS) byte stream to the server.
+    pub async fn connect_io(&self) -> BoxIo {
+        self.connect_io_with(None).await
+    }
+
+    pub async fn connect_io_with(&self, recv_buffer: Option<u32>) -> BoxIo {
+        let sock = TcpSocket::new_v4().unwrap();
+        if let Some(n) = recv_buffer {
+            sock.set_recv_buffer_size(n).unwrap();
+        }
+        let tcp = tokio::time::timeout(RECV_TIMEOUT, sock.connect(self.addr().parse().unwrap()))
+            .await
+            .expect("tcp connect timeout")
+            .expect("tcp connect");
+        tcp.set_nodelay(true).unwrap();
+        match &self.tls_config {
+            None => Box::new(tcp),
+            Some(cfg) => {
+                let connector = tokio_rustls::TlsConnector::from(cfg.clone());
+                let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+                let tls = tokio::time::timeout(RECV_TIMEOUT, connector.connect(name, tcp))
+                    .await
+                    .expect("tls handshake timeout")
+                    .expect("tls handshake");
+                Box::new(tls)
+            }
+        }
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        let scheme = if self.is_tls() { "wss" } else { "ws" };
+        format!("{scheme}://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Run the binary with the given args (not `serve` in the background): returns
+/// (exit status, stdout, stderr); panics after 30 s.
+pub fn run_natter(args: &[&str]) -> (ExitStatus, String, String) {
+    let mut child = Command::new(natter_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn natter");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "natter {args:?} did not exit within 30 s; stdout {:?} stderr {:?}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
