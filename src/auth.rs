@@ -48,21 +48,14 @@ pub struct Verifier {
 
 impl Verifier {
     /// The algorithm is pinned by the configured key, never taken from a token's header.
-    pub fn new(
-        key: &JwtKey,
-        uid_claim: &str,
-        leeway: Duration,
-        max_bytes: usize,
-    ) -> Result<Self, String> {
+    pub fn new(key: &JwtKey, uid_claim: &str, leeway: Duration, max_bytes: usize) -> Result<Self, String> {
         let (key, alg) = match key {
             JwtKey::Secret(s) => (DecodingKey::from_secret(s), Algorithm::HS256),
             JwtKey::PublicPem(pem) => match DecodingKey::from_rsa_pem(pem) {
                 Ok(k) => (k, Algorithm::RS256),
                 Err(_) => match DecodingKey::from_ec_pem(pem) {
                     Ok(k) => (k, Algorithm::ES256),
-                    Err(e) => {
-                        return Err(format!("not an RSA or EC (P-256) public key in PEM: {e}"))
-                    }
+                    Err(e) => return Err(format!("not an RSA or EC (P-256) public key in PEM: {e}")),
                 },
             },
         };
@@ -72,12 +65,7 @@ impl Verifier {
         validation.validate_exp = true;
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp"]);
-        Ok(Verifier {
-            key,
-            validation,
-            uid_claim: uid_claim.to_string(),
-            max_bytes,
-        })
+        Ok(Verifier { key, validation, uid_claim: uid_claim.to_string(), max_bytes })
     }
 
     pub fn verify(&self, token: &str) -> Result<Identity, Rejected> {
@@ -87,17 +75,14 @@ impl Verifier {
         if token.is_empty() {
             return Err(Rejected::Invalid("missing token"));
         }
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
-            .map_err(|e| {
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             match e.kind() {
                 ErrorKind::ExpiredSignature => Rejected::Expired,
                 ErrorKind::ImmatureSignature => Rejected::Invalid("token not yet valid"),
                 ErrorKind::InvalidSignature => Rejected::Invalid("invalid token signature"),
                 ErrorKind::InvalidAlgorithm => Rejected::Invalid("token algorithm not allowed"),
-                ErrorKind::MissingRequiredClaim(_) => {
-                    Rejected::Invalid("token lacks a required claim")
-                }
+                ErrorKind::MissingRequiredClaim(_) => Rejected::Invalid("token lacks a required claim"),
                 _ => Rejected::Invalid("invalid token"),
             }
         })?;
@@ -108,18 +93,13 @@ impl Verifier {
             _ => return Err(Rejected::Invalid("token has no uid claim")),
         };
         if uid.is_empty() || uid.len() > MAX_UID_BYTES || uid.chars().any(char::is_control) {
-            return Err(Rejected::Invalid(
-                "token uid is empty, too long or has control characters",
-            ));
+            return Err(Rejected::Invalid("token uid is empty, too long or has control characters"));
         }
         let name = match claims.get("name") {
             Some(Value::String(n)) if valid_name(n) => Some(n.clone()),
             _ => None,
         };
-        let exp = claims
-            .get("exp")
-            .and_then(Value::as_u64)
-            .ok_or(Rejected::Invalid("token exp is not a number"))?;
+        let exp = claims.get("exp").and_then(Value::as_u64).ok_or(Rejected::Invalid("token exp is not a number"))?;
         Ok(Identity { uid, name, exp })
     }
 }
@@ -140,11 +120,7 @@ pub fn mint(secret: &[u8], uid: &str, name: Option<&str>, ttl: Duration) -> anyh
     }
     claims.insert("iat".into(), now.into());
     claims.insert("exp".into(), (now + ttl.as_secs()).into());
-    Ok(jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret),
-    )?)
+    Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret))?)
 }
 
 /// A random 32-byte hex secret for `--dev`.
@@ -158,13 +134,7 @@ mod tests {
     use super::*;
 
     fn verifier() -> Verifier {
-        Verifier::new(
-            &JwtKey::Secret(b"s".to_vec()),
-            "sub",
-            Duration::from_secs(5),
-            8192,
-        )
-        .unwrap()
+        Verifier::new(&JwtKey::Secret(b"s".to_vec()), "sub", Duration::from_secs(5), 8192).unwrap()
     }
 
     #[test]
@@ -182,9 +152,6 @@ mod tests {
         // header {"alg":"none","typ":"JWT"}, payload {"sub":"a","exp":9999999999}, no signature
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhIiwiZXhwIjo5OTk5OTk5OTk5fQ.";
         assert!(verifier().verify(none).is_err());
-        assert_eq!(
-            verifier().verify(&"a".repeat(9000)),
-            Err(Rejected::TooLarge)
-        );
+        assert_eq!(verifier().verify(&"a".repeat(9000)), Err(Rejected::TooLarge));
     }
 }

@@ -9,11 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{Config, JwtKey, Limits};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "natter",
-    version,
-    about = "A self-hosted real-time chat server over wss://"
-)]
+#[command(name = "natter", version, about = "A self-hosted real-time chat server over wss://")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -33,9 +29,7 @@ pub enum Command {
 
 /// Durations on the command line are seconds, decimals allowed (`0.5`).
 fn secs(s: &str) -> Result<Duration, String> {
-    let v: f64 = s
-        .parse()
-        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    let v: f64 = s.parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
     if !(v.is_finite() && v > 0.0) {
         return Err(format!("'{s}' must be a positive number of seconds"));
     }
@@ -139,6 +133,9 @@ pub struct LimitArgs {
     /// Messages kept per room for `since` recovery.
     #[arg(long, env = "NATTER_HISTORY_MAX", default_value_t = 1_000)]
     pub history_max: usize,
+    /// Rooms one connection may be in at once.
+    #[arg(long, env = "NATTER_MAX_ROOMS_PER_CONNECTION", default_value_t = 64)]
+    pub max_rooms_per_connection: usize,
 }
 
 #[derive(Args, Debug)]
@@ -186,6 +183,7 @@ impl LimitArgs {
             ("--max-token-bytes", self.max_token_bytes),
             ("--offline-max", self.offline_max),
             ("--history-max", self.history_max),
+            ("--max-rooms-per-connection", self.max_rooms_per_connection),
         ];
         for (flag, v) in positive {
             if v == 0 {
@@ -211,6 +209,7 @@ impl LimitArgs {
             offline_max: self.offline_max,
             offline_ttl: self.offline_ttl,
             history_max: self.history_max,
+            max_rooms_per_connection: self.max_rooms_per_connection,
         })
     }
 }
@@ -220,13 +219,8 @@ impl ServeArgs {
     pub fn to_config(&self) -> anyhow::Result<Config> {
         let limits = self.limits.to_limits()?;
         let tls = match (&self.cert, &self.key) {
-            (Some(c), Some(k)) => Some(crate::tls::TlsFiles {
-                cert: c.clone(),
-                key: k.clone(),
-            }),
-            (None, None) if self.dev => Some(crate::tls::dev_certificate(std::path::Path::new(
-                "certs/dev",
-            ))?),
+            (Some(c), Some(k)) => Some(crate::tls::TlsFiles { cert: c.clone(), key: k.clone() }),
+            (None, None) if self.dev => Some(crate::tls::dev_certificate(std::path::Path::new("certs/dev"))?),
             (None, None) => None,
             (Some(_), None) => {
                 bail!("--cert was given without --key: give both, or neither for plain ws://")
@@ -235,11 +229,7 @@ impl ServeArgs {
                 bail!("--key was given without --cert: give both, or neither for plain ws://")
             }
         };
-        let given = [
-            self.jwt_secret.is_some(),
-            self.jwt_secret_file.is_some(),
-            self.jwt_public_key.is_some(),
-        ];
+        let given = [self.jwt_secret.is_some(), self.jwt_secret_file.is_some(), self.jwt_public_key.is_some()];
         if given.iter().filter(|g| **g).count() > 1 {
             bail!("give only one of --jwt-secret, --jwt-secret-file, --jwt-public-key");
         }
@@ -257,26 +247,18 @@ impl ServeArgs {
             }
             JwtKey::Secret(s.as_bytes().to_vec())
         } else if let Some(f) = &self.jwt_public_key {
-            let pem = std::fs::read(f)
-                .with_context(|| format!("--jwt-public-key: cannot read {}", f.display()))?;
+            let pem = std::fs::read(f).with_context(|| format!("--jwt-public-key: cannot read {}", f.display()))?;
             JwtKey::PublicPem(pem)
         } else if self.dev {
             let secret = crate::auth::random_secret();
             tracing::warn!("--dev without a secret: using a random one for this run: {secret}");
             JwtKey::Secret(secret.into_bytes())
         } else {
-            bail!(
-                "no token key: give --jwt-secret, --jwt-secret-file or --jwt-public-key (or --dev)"
-            );
+            bail!("no token key: give --jwt-secret, --jwt-secret-file or --jwt-public-key (or --dev)");
         };
         // Fail fast on an unusable key rather than on the first login.
-        crate::auth::Verifier::new(
-            &jwt_key,
-            &self.jwt_uid_claim,
-            self.jwt_leeway,
-            limits.max_token_bytes,
-        )
-        .map_err(|e| anyhow::anyhow!("--jwt-public-key: {e}"))?;
+        crate::auth::Verifier::new(&jwt_key, &self.jwt_uid_claim, self.jwt_leeway, limits.max_token_bytes)
+            .map_err(|e| anyhow::anyhow!("--jwt-public-key: {e}"))?;
         let mut allowed_origins = Vec::new();
         for o in &self.allowed_origins {
             let o = o.trim().trim_end_matches('/').to_ascii_lowercase();

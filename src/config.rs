@@ -28,6 +28,8 @@ pub struct Limits {
     pub offline_ttl: Duration,
     /// Messages kept per room for `since` recovery.
     pub history_max: usize,
+    /// Rooms one connection may be in at once.
+    pub max_rooms_per_connection: usize,
 }
 
 impl Default for Limits {
@@ -48,6 +50,7 @@ impl Default for Limits {
             offline_max: 1_000,
             offline_ttl: Duration::from_secs(7 * 24 * 3600),
             history_max: 1_000,
+            max_rooms_per_connection: 64,
         }
     }
 }

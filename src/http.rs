@@ -36,8 +36,7 @@ type Resp = Response<Full<Bytes>>;
 fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
@@ -59,17 +58,9 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>) -> Result<Resp, I
         (&Method::GET, "/") | (&Method::GET, "/index.html") => {
             respond(StatusCode::OK, "text/html; charset=utf-8", PAGE)
         }
-        (&Method::GET, "/healthz") => {
-            respond(StatusCode::OK, "application/json", metrics.healthz())
-        }
-        (&Method::GET, "/metrics") => respond(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            metrics.prometheus(),
-        ),
-        (&Method::GET, "/dev/token") if app.dev_secret.is_some() => {
-            dev_token(&app, req.uri().query())
-        }
+        (&Method::GET, "/healthz") => respond(StatusCode::OK, "application/json", metrics.healthz()),
+        (&Method::GET, "/metrics") => respond(StatusCode::OK, "text/plain; version=0.0.4", metrics.prometheus()),
+        (&Method::GET, "/dev/token") if app.dev_secret.is_some() => dev_token(&app, req.uri().query()),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     })
 }
@@ -78,29 +69,16 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>) -> Result<Resp, I
 fn dev_token(app: &App, query: Option<&str>) -> Resp {
     let uid = query_param(query, "uid").unwrap_or_default();
     let name = query_param(query, "name").filter(|n| !n.is_empty());
-    if uid.is_empty() || uid.len() > crate::auth::MAX_UID_BYTES || uid.chars().any(char::is_control)
-    {
+    if uid.is_empty() || uid.len() > crate::auth::MAX_UID_BYTES || uid.chars().any(char::is_control) {
         return text(StatusCode::BAD_REQUEST, "uid must be 1 to 256 bytes\n");
     }
     if name.as_deref().is_some_and(|n| !crate::auth::valid_name(n)) {
         return text(StatusCode::BAD_REQUEST, "name must be 1 to 64 characters\n");
     }
     let secret = app.dev_secret.as_deref().expect("checked by the route");
-    match crate::auth::mint(
-        secret,
-        &uid,
-        name.as_deref(),
-        Duration::from_secs(24 * 3600),
-    ) {
-        Ok(t) => respond(
-            StatusCode::OK,
-            "application/json",
-            serde_json::json!({ "token": t }).to_string(),
-        ),
-        Err(_) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "could not mint a token\n",
-        ),
+    match crate::auth::mint(secret, &uid, name.as_deref(), Duration::from_secs(24 * 3600)) {
+        Ok(t) => respond(StatusCode::OK, "application/json", serde_json::json!({ "token": t }).to_string()),
+        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "could not mint a token\n"),
     }
 }
 
@@ -113,19 +91,12 @@ fn upgrade(app: &App, req: &mut Request<Incoming>) -> Resp {
         );
     }
     if h.get("sec-websocket-version").map(|v| v.as_bytes()) != Some(b"13") {
-        let mut r = text(
-            StatusCode::UPGRADE_REQUIRED,
-            "unsupported Sec-WebSocket-Version: use 13\n",
-        );
-        r.headers_mut()
-            .insert("sec-websocket-version", HeaderValue::from_static("13"));
+        let mut r = text(StatusCode::UPGRADE_REQUIRED, "unsupported Sec-WebSocket-Version: use 13\n");
+        r.headers_mut().insert("sec-websocket-version", HeaderValue::from_static("13"));
         return r;
     }
     if !valid_key(h.get("sec-websocket-key")) {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "bad WebSocket upgrade: missing or malformed Sec-WebSocket-Key\n",
-        );
+        return text(StatusCode::BAD_REQUEST, "bad WebSocket upgrade: missing or malformed Sec-WebSocket-Key\n");
     }
     if let Some(origin) = h.get(hyper::header::ORIGIN) {
         if !origin_allowed(origin.as_bytes(), h, app) {
@@ -144,10 +115,7 @@ fn upgrade(app: &App, req: &mut Request<Incoming>) -> Resp {
         Err(_) => return text(StatusCode::BAD_REQUEST, "bad WebSocket upgrade\n"),
     };
     if v1 {
-        resp.headers_mut().insert(
-            "sec-websocket-protocol",
-            HeaderValue::from_static(SUBPROTOCOL),
-        );
+        resp.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static(SUBPROTOCOL));
     }
     let env = app.env.clone();
     let shutdown = app.shutdown.clone();
@@ -165,19 +133,13 @@ fn upgrade(app: &App, req: &mut Request<Incoming>) -> Resp {
 fn valid_key(v: Option<&HeaderValue>) -> bool {
     let Some(v) = v else { return false };
     let b = v.as_bytes();
-    b.len() == 24
-        && b.ends_with(b"==")
-        && b[..22]
-            .iter()
-            .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+    b.len() == 24 && b.ends_with(b"==") && b[..22].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
 }
 
 fn bearer(h: &HeaderMap) -> Option<String> {
     let v = h.get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_string())
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
 }
 
 /// Same host (and port) as the request, or on the allow-list; `null` never.
@@ -207,9 +169,7 @@ fn origin_allowed(origin: &[u8], h: &HeaderMap, app: &App) -> bool {
 /// `host[:port]` with the default port made explicit.
 fn normalize(hostport: &str, default_port: &str) -> String {
     let has_port = match hostport.rfind(':') {
-        Some(i) => {
-            !hostport[i..].contains(']') && hostport[i + 1..].chars().all(|c| c.is_ascii_digit())
-        }
+        Some(i) => !hostport[i..].contains(']') && hostport[i + 1..].chars().all(|c| c.is_ascii_digit()),
         None => false,
     };
     if has_port {
@@ -223,9 +183,7 @@ fn normalize(hostport: &str, default_port: &str) -> String {
 pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     query?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k)? == name)
-            .then(|| percent_decode(v))
-            .flatten()
+        (percent_decode(k)? == name).then(|| percent_decode(v)).flatten()
     })
 }
 
@@ -254,19 +212,14 @@ mod tests {
 
     #[test]
     fn query_params_are_decoded() {
-        assert_eq!(
-            query_param(Some("a=1&token=x%2Ey+z"), "token").as_deref(),
-            Some("x.y z")
-        );
+        assert_eq!(query_param(Some("a=1&token=x%2Ey+z"), "token").as_deref(), Some("x.y z"));
         assert_eq!(query_param(Some("a=1"), "token"), None);
         assert_eq!(query_param(Some("token=%zz"), "token"), None);
     }
 
     #[test]
     fn keys_are_checked() {
-        assert!(valid_key(Some(&HeaderValue::from_static(
-            "dGhlIHNhbXBsZSBub25jZQ=="
-        ))));
+        assert!(valid_key(Some(&HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="))));
         assert!(!valid_key(Some(&HeaderValue::from_static("short"))));
         assert!(!valid_key(None));
     }

@@ -89,24 +89,12 @@ pub fn get(store: &SledStore, name: &str) -> anyhow::Result<String> {
                     .collect(),
             ),
             "seq" => match store.tree().get(Key::Seq { room: room.into() }.encode())? {
-                Some(v) => format!(
-                    "{}\n",
-                    quote(
-                        &v.as_ref()
-                            .try_into()
-                            .map(u64::from_be_bytes)
-                            .unwrap_or(0)
-                            .to_string()
-                    )
-                ),
+                Some(v) => {
+                    format!("{}\n", quote(&v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0).to_string()))
+                }
                 None => "(nil)\n".into(),
             },
-            "history" => array(
-                scan(store, keys::history_prefix(room))?
-                    .into_iter()
-                    .map(|(_, v)| text(&v))
-                    .collect(),
-            ),
+            "history" => array(scan(store, keys::history_prefix(room))?.into_iter().map(|(_, v)| text(&v)).collect()),
             _ => "(nil)\n".into(),
         });
     }
@@ -120,10 +108,7 @@ pub fn get(store: &SledStore, name: &str) -> anyhow::Result<String> {
                 .collect(),
         ));
     }
-    if let Some(uid) = name
-        .strip_prefix("user:")
-        .and_then(|r| r.strip_suffix(":rooms"))
-    {
+    if let Some(uid) = name.strip_prefix("user:").and_then(|r| r.strip_suffix(":rooms")) {
         return Ok(array(
             scan(store, keys::user_rooms_prefix(uid))?
                 .into_iter()
@@ -134,24 +119,11 @@ pub fn get(store: &SledStore, name: &str) -> anyhow::Result<String> {
                 .collect(),
         ));
     }
-    if let Some((uid, cid)) = name
-        .strip_prefix("dedupe:")
-        .and_then(|r| r.rsplit_once(':'))
-    {
-        return Ok(
-            match store.tree().get(
-                Key::Dedupe {
-                    uid: uid.into(),
-                    cid: cid.into(),
-                }
-                .encode(),
-            )? {
-                Some(v) => parse_entry(&v)
-                    .map(|e| format!("{}\n", quote(&e.id.to_string())))
-                    .unwrap_or("(nil)\n".into()),
-                None => "(nil)\n".into(),
-            },
-        );
+    if let Some((uid, cid)) = name.strip_prefix("dedupe:").and_then(|r| r.rsplit_once(':')) {
+        return Ok(match store.tree().get(Key::Dedupe { uid: uid.into(), cid: cid.into() }.encode())? {
+            Some(v) => parse_entry(&v).map(|e| format!("{}\n", quote(&e.id.to_string()))).unwrap_or("(nil)\n".into()),
+            None => "(nil)\n".into(),
+        });
     }
     Ok("(nil)\n".into())
 }

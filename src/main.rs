@@ -18,26 +18,20 @@ fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("NATTER_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("NATTER_LOG").unwrap_or_else(|_| "info".into()))
         .init();
     let result = match cli.command {
         Command::Serve(args) => args.to_config().and_then(serve),
-        Command::Token(t) => natter::auth::mint(
-            t.secret.as_bytes(),
-            &t.sub,
-            t.name.as_deref(),
-            Duration::from_secs(t.ttl),
-        )
-        .map(|tok| println!("{tok}")),
+        Command::Token(t) => {
+            natter::auth::mint(t.secret.as_bytes(), &t.sub, t.name.as_deref(), Duration::from_secs(t.ttl))
+                .map(|tok| println!("{tok}"))
+        }
         Command::Keys(k) => open_for_inspection(&k.data)
             .and_then(|s| natter::inspect::keys(&s, &k.pattern))
             .map(|names| print!("{}", natter::inspect::format_keys(&names))),
-        Command::Get(g) => open_for_inspection(&g.data)
-            .and_then(|s| natter::inspect::get(&s, &g.key))
-            .map(|v| print!("{v}")),
+        Command::Get(g) => {
+            open_for_inspection(&g.data).and_then(|s| natter::inspect::get(&s, &g.key)).map(|v| print!("{v}"))
+        }
     };
     if let Err(e) = result {
         eprintln!("natter: {e:#}");
@@ -63,9 +57,7 @@ fn open_for_inspection(dir: &std::path::Path) -> anyhow::Result<SledStore> {
 }
 
 fn serve(cfg: Config) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();
@@ -90,9 +82,7 @@ async fn wait_for_signal() {
 
 async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let tls = match &cfg.tls {
-        Some(files) => Some(tokio_rustls::TlsAcceptor::from(natter::tls::server_config(
-            files,
-        )?)),
+        Some(files) => Some(tokio_rustls::TlsAcceptor::from(natter::tls::server_config(files)?)),
         None => None,
     };
     std::fs::create_dir_all(&cfg.data_dir)
@@ -100,29 +90,18 @@ async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = Arc::new(SledStore::open(&cfg.data_dir, bounds(Some(&cfg)))?);
     store.clear_presence()?;
     let store: Arc<dyn Store> = store;
-    let verifier = natter::auth::Verifier::new(
-        &cfg.jwt_key,
-        &cfg.jwt_uid_claim,
-        cfg.jwt_leeway,
-        cfg.limits.max_token_bytes,
-    )
-    .map_err(|e| anyhow::anyhow!("--jwt-public-key: {e}"))?;
+    let verifier =
+        natter::auth::Verifier::new(&cfg.jwt_key, &cfg.jwt_uid_claim, cfg.jwt_leeway, cfg.limits.max_token_bytes)
+            .map_err(|e| anyhow::anyhow!("--jwt-public-key: {e}"))?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("--listen: cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
 
     let metrics = Arc::new(natter::metrics::Metrics::default());
-    let hub = natter::hub::Hub::new(
-        store.clone(),
-        metrics.clone(),
-        cfg.limits.max_connections_per_uid,
-    );
-    let env = Arc::new(natter::session::Env {
-        hub: hub.clone(),
-        verifier: Arc::new(verifier),
-        limits: cfg.limits.clone(),
-    });
+    let hub = natter::hub::Hub::new(store.clone(), metrics.clone(), cfg.limits.max_connections_per_uid);
+    let env =
+        Arc::new(natter::session::Env { hub: hub.clone(), verifier: Arc::new(verifier), limits: cfg.limits.clone() });
     let dev_secret = match (&cfg.jwt_key, cfg.dev) {
         (JwtKey::Secret(s), true) => Some(s.clone()),
         _ => None,
@@ -137,32 +116,26 @@ async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     });
 
     let flusher_stop = CancellationToken::new();
-    let flusher = tokio::spawn(hub.group_commit().run(
-        store.clone(),
-        metrics.clone(),
-        flusher_stop.clone(),
-    ));
+    let flusher = tokio::spawn(hub.group_commit().run(store.clone(), metrics.clone(), flusher_stop.clone()));
     tokio::spawn(hub.clone().heartbeat(cfg.heartbeat, shutdown.clone()));
     tokio::spawn(hub.clone().expire(shutdown.clone()));
 
     if tls.is_none() {
-        tracing::warn!("no --cert/--key: serving plain ws:// (use TLS in production, or put natter behind a TLS proxy)");
+        tracing::warn!(
+            "no --cert/--key: serving plain ws:// (use TLS in production, or put natter behind a TLS proxy)"
+        );
     }
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     println!("natter listening on {scheme}://{addr}");
     std::io::stdout().flush()?;
 
-    natter::server::run(
-        listener,
-        app,
-        tls,
-        cfg.limits.handshake_timeout,
-        shutdown,
-        Duration::from_secs(7),
-    )
-    .await;
+    natter::server::run(listener, app, tls, cfg.limits.handshake_timeout, shutdown, Duration::from_secs(7)).await;
     flusher_stop.cancel();
     let _ = flusher.await;
+    // Nothing is published any more: ids may continue right after the last one.
+    if let Err(e) = store.release_ids() {
+        tracing::warn!("releasing id reservations: {e:#}");
+    }
     store.flush().await.context("final store flush")?;
     tracing::info!("stopped");
     Ok(())

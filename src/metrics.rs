@@ -69,10 +69,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn closed(&self, code: u16) {
-        let i = CLOSE_CODES
-            .iter()
-            .position(|c| *c == code)
-            .unwrap_or(CLOSE_CODES.len());
+        let i = CLOSE_CODES.iter().position(|c| *c == code).unwrap_or(CLOSE_CODES.len());
         self.closes[i].inc();
     }
 
@@ -88,73 +85,30 @@ impl Metrics {
     pub fn prometheus(&self) -> String {
         let mut s = String::with_capacity(2048);
         let mut metric = |name: &str, kind: &str, help: &str, v: String| {
-            let _ = writeln!(
-                s,
-                "# HELP natter_{name} {help}\n# TYPE natter_{name} {kind}\nnatter_{name} {v}"
-            );
+            let _ = writeln!(s, "# HELP natter_{name} {help}\n# TYPE natter_{name} {kind}\nnatter_{name} {v}");
         };
-        metric(
-            "connections",
-            "gauge",
-            "Open WebSocket connections.",
-            self.connections.get().to_string(),
-        );
-        metric(
-            "rooms",
-            "gauge",
-            "Rooms with at least one connection.",
-            self.rooms.get().to_string(),
-        );
-        metric(
-            "messages_in_total",
-            "counter",
-            "Messages published.",
-            self.messages_in.get().to_string(),
-        );
-        metric(
-            "messages_out_total",
-            "counter",
-            "Frames queued to connections.",
-            self.messages_out.get().to_string(),
-        );
+        metric("connections", "gauge", "Open WebSocket connections.", self.connections.get().to_string());
+        metric("rooms", "gauge", "Rooms with at least one connection.", self.rooms.get().to_string());
+        metric("messages_in_total", "counter", "Messages published.", self.messages_in.get().to_string());
+        metric("messages_out_total", "counter", "Frames queued to connections.", self.messages_out.get().to_string());
         metric(
             "offline_writes_total",
             "counter",
             "Offline queue entries written.",
             self.offline_writes.get().to_string(),
         );
-        metric(
-            "acks_total",
-            "counter",
-            "Acks sent after a durable write.",
-            self.acks.get().to_string(),
+        metric("acks_total", "counter", "Acks sent after a durable write.", self.acks.get().to_string());
+        metric("auth_failures_total", "counter", "Failed token checks.", self.auth_failures.get().to_string());
+        metric("errors_sent_total", "counter", "Error events sent.", self.errors_sent.get().to_string());
+        metric("uptime_seconds", "gauge", "Seconds since start.", self.started.elapsed().as_secs().to_string());
+        let _ = writeln!(
+            s,
+            "# HELP natter_closes_total Connections closed, by close code.\n# TYPE natter_closes_total counter"
         );
-        metric(
-            "auth_failures_total",
-            "counter",
-            "Failed token checks.",
-            self.auth_failures.get().to_string(),
-        );
-        metric(
-            "errors_sent_total",
-            "counter",
-            "Error events sent.",
-            self.errors_sent.get().to_string(),
-        );
-        metric(
-            "uptime_seconds",
-            "gauge",
-            "Seconds since start.",
-            self.started.elapsed().as_secs().to_string(),
-        );
-        let _ = writeln!(s, "# HELP natter_closes_total Connections closed, by close code.\n# TYPE natter_closes_total counter");
         for (i, c) in self.closes.iter().enumerate() {
             let v = c.get();
             if v > 0 {
-                let code = CLOSE_CODES
-                    .get(i)
-                    .map(|c| c.to_string())
-                    .unwrap_or_else(|| "other".into());
+                let code = CLOSE_CODES.get(i).map(|c| c.to_string()).unwrap_or_else(|| "other".into());
                 let _ = writeln!(s, "natter_closes_total{{code=\"{code}\"}} {v}");
             }
         }

@@ -27,7 +27,11 @@ pub enum Pushed {
 
 struct State {
     queue: VecDeque<Bytes>,
+    /// Frames handed to the writer and not yet written: they still count toward the limits.
+    in_flight: usize,
+    /// Bytes queued plus bytes in flight.
     bytes: usize,
+    in_flight_bytes: usize,
     close: Option<CloseReq>,
 }
 
@@ -46,7 +50,9 @@ impl Outbox {
         Outbox {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
+                in_flight: 0,
                 bytes: 0,
+                in_flight_bytes: 0,
                 close: None,
             }),
             wake: Notify::new(),
@@ -62,11 +68,8 @@ impl Outbox {
         if st.close.is_some() {
             return Pushed::Dropped;
         }
-        if st.queue.len() >= self.max_messages || st.bytes + frame.len() > self.max_bytes {
-            st.close = Some(CloseReq {
-                code: 1013,
-                reason: "slow consumer".into(),
-            });
+        if st.queue.len() + st.in_flight >= self.max_messages || st.bytes + frame.len() > self.max_bytes {
+            st.close = Some(CloseReq { code: 1013, reason: "slow consumer".into() });
             drop(st);
             self.wake.notify_one();
             self.closing.notify_one();
@@ -83,10 +86,7 @@ impl Outbox {
     pub fn close(&self, code: u16, reason: &str) {
         let mut st = self.state.lock().unwrap();
         if st.close.is_none() {
-            st.close = Some(CloseReq {
-                code,
-                reason: reason.into(),
-            });
+            st.close = Some(CloseReq { code, reason: reason.into() });
         }
         drop(st);
         self.wake.notify_one();
@@ -102,15 +102,17 @@ impl Outbox {
         self.state.lock().unwrap().close.clone()
     }
 
-    /// Writer side: moves every queued frame into `into`; returns the close request when the
-    /// queue is empty and a close is pending. Waits while there is nothing to do.
+    /// Writer side: moves every queued frame into `into` (they count as pending until
+    /// `written`); returns the close request when the queue is empty and a close is pending.
+    /// Waits while there is nothing to do.
     pub async fn take(&self, into: &mut Vec<Bytes>) -> Option<CloseReq> {
         loop {
             {
                 let mut st = self.state.lock().unwrap();
                 if !st.queue.is_empty() {
+                    st.in_flight = st.queue.len();
+                    st.in_flight_bytes = st.queue.iter().map(Bytes::len).sum();
                     into.extend(st.queue.drain(..));
-                    st.bytes = 0;
                     return None;
                 }
                 if let Some(c) = &st.close {
@@ -119,6 +121,14 @@ impl Outbox {
             }
             self.wake.notified().await;
         }
+    }
+
+    /// Writer side: the frames of the last `take` are written.
+    pub fn written(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.bytes -= st.in_flight_bytes;
+        st.in_flight = 0;
+        st.in_flight_bytes = 0;
     }
 
     /// Supervisor side: resolves once a close has been requested.
@@ -149,6 +159,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn frames_being_written_still_count() {
+        let o = Outbox::new(2, 1000);
+        o.push(Bytes::from_static(b"a"));
+        o.push(Bytes::from_static(b"b"));
+        let mut v = Vec::new();
+        o.take(&mut v).await;
+        // The writer holds both and has not written them yet: the queue is still full.
+        assert_eq!(o.push(Bytes::from_static(b"c")), Pushed::Overflow);
+        let o = Outbox::new(2, 1000);
+        o.push(Bytes::from_static(b"a"));
+        o.take(&mut v).await;
+        o.written();
+        assert_eq!(o.push(Bytes::from_static(b"b")), Pushed::Queued);
+        assert_eq!(o.push(Bytes::from_static(b"c")), Pushed::Queued);
+    }
+
+    #[tokio::test]
     async fn writer_gets_frames_then_the_close() {
         let o = Outbox::new(10, 1000);
         o.push(Bytes::from_static(b"a"));
@@ -156,6 +183,7 @@ mod tests {
         let mut v = Vec::new();
         assert_eq!(o.take(&mut v).await, None);
         assert_eq!(v.len(), 1);
+        o.written();
         assert_eq!(o.take(&mut v).await.unwrap().code, 1000);
     }
 }

@@ -72,10 +72,7 @@ pub struct InputError {
 }
 
 fn err(code: ErrorCode, detail: impl Into<String>) -> InputError {
-    InputError {
-        code,
-        detail: detail.into(),
-    }
+    InputError { code, detail: detail.into() }
 }
 
 /// Every field as raw JSON, so that each can be type-checked on its own and named in the error.
@@ -114,31 +111,22 @@ fn opt_string(raw: Option<&RawValue>, field: &str) -> Result<Option<String>, Inp
 
 fn char_count_in(s: &str, min: usize, max: usize) -> bool {
     // Byte length bounds the char count from above: skip the count for short strings.
-    let n = if s.len() <= max {
-        s.chars().count()
-    } else {
-        s.chars().take(max + 1).count()
-    };
+    let n = if s.len() <= max { s.chars().count() } else { s.chars().take(max + 1).count() };
     n >= min && n <= max
 }
 
 /// 1 to 64 bytes of Unicode letters and digits, `-`, `_`, `.`.
 pub fn valid_room(r: &str) -> bool {
-    !r.is_empty()
-        && r.len() <= 64
-        && r.chars()
-            .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    !r.is_empty() && r.len() <= 64 && r.chars().all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn room_field(raw: Option<&RawValue>) -> Result<Option<String>, InputError> {
     match opt_string(raw, "roomid")? {
         None => Ok(None),
-        Some(r) if r.is_empty() => Ok(None),
+        // Empty means the default room (PROTOCOL.md); only a missing roomid is left to infer.
+        Some(r) if r.is_empty() => Ok(Some(DEFAULT_ROOM.to_string())),
         Some(r) if valid_room(&r) => Ok(Some(r)),
-        Some(_) => Err(err(
-            ErrorCode::BadRoom,
-            "`roomid` must be 1 to 64 bytes of letters, digits, '-', '_', '.'",
-        )),
+        Some(_) => Err(err(ErrorCode::BadRoom, "`roomid` must be 1 to 64 bytes of letters, digits, '-', '_', '.'")),
     }
 }
 
@@ -148,16 +136,12 @@ pub fn decode(text: &str, limits: DecodeLimits) -> Result<ClientEvent, InputErro
     if !text.trim_start().starts_with('{') {
         return Err(err(ErrorCode::BadJson, "expected one JSON object"));
     }
-    let env: Envelope = serde_json::from_str(text)
-        .map_err(|_| err(ErrorCode::BadJson, "expected one JSON object"))?;
+    let env: Envelope = serde_json::from_str(text).map_err(|_| err(ErrorCode::BadJson, "expected one JSON object"))?;
     let event = match env.event.map(|r| serde_json::from_str::<&str>(r.get())) {
         Some(Ok(e)) => e,
         Some(Err(_)) => {
             // A string with escapes does not borrow; no valid event name has any.
-            return Err(err(
-                ErrorCode::BadEvent,
-                "`event` must be a known event name",
-            ));
+            return Err(err(ErrorCode::BadEvent, "`event` must be a known event name"));
         }
         None => return Err(err(ErrorCode::BadEvent, "missing `event`")),
     };
@@ -171,28 +155,19 @@ pub fn decode(text: &str, limits: DecodeLimits) -> Result<ClientEvent, InputErro
             let name = opt_string(env.name, "name")?;
             if let Some(n) = &name {
                 if !crate::auth::valid_name(n) {
-                    return Err(err(
-                        ErrorCode::BadField,
-                        "`name` must be 1 to 64 characters",
-                    ));
+                    return Err(err(ErrorCode::BadField, "`name` must be 1 to 64 characters"));
                 }
             }
             let roomid = room_field(env.roomid)?.unwrap_or_else(|| DEFAULT_ROOM.to_string());
             let since = match env.since {
                 None => None,
                 Some(r) if r.get() == "null" => None,
-                Some(r) => Some(serde_json::from_str::<u64>(r.get()).map_err(|_| {
-                    err(
-                        ErrorCode::BadField,
-                        "`since` must be a non-negative integer",
-                    )
-                })?),
+                Some(r) => Some(
+                    serde_json::from_str::<u64>(r.get())
+                        .map_err(|_| err(ErrorCode::BadField, "`since` must be a non-negative integer"))?,
+                ),
             };
-            Ok(ClientEvent::Login {
-                name,
-                roomid,
-                since,
-            })
+            Ok(ClientEvent::Login { name, roomid, since })
         }
         "message" => {
             let text = opt_string(env.message, "message")?
@@ -200,10 +175,7 @@ pub fn decode(text: &str, limits: DecodeLimits) -> Result<ClientEvent, InputErro
             if !char_count_in(&text, 1, limits.max_text_chars) {
                 return Err(err(
                     ErrorCode::BadField,
-                    format!(
-                        "`message` must be 1 to {} characters",
-                        limits.max_text_chars
-                    ),
+                    format!("`message` must be 1 to {} characters", limits.max_text_chars),
                 ));
             }
             let cid = opt_string(env.cid, "cid")?;
@@ -212,20 +184,14 @@ pub fn decode(text: &str, limits: DecodeLimits) -> Result<ClientEvent, InputErro
                     return Err(err(ErrorCode::BadField, "`cid` must be 1 to 64 characters"));
                 }
             }
-            Ok(ClientEvent::Message {
-                roomid: room_field(env.roomid)?,
-                text,
-                cid,
-            })
+            Ok(ClientEvent::Message { roomid: room_field(env.roomid)?, text, cid })
         }
-        "leave" => Ok(ClientEvent::Leave {
-            roomid: room_field(env.roomid)?.unwrap_or_else(|| DEFAULT_ROOM.to_string()),
-        }),
+        "leave" => {
+            Ok(ClientEvent::Leave { roomid: room_field(env.roomid)?.unwrap_or_else(|| DEFAULT_ROOM.to_string()) })
+        }
         "heartbeat" => {
             let m = opt_string(env.message, "message")?;
-            Ok(ClientEvent::Heartbeat {
-                ping: m.as_deref() == Some("ping"),
-            })
+            Ok(ClientEvent::Heartbeat { ping: m.as_deref() == Some("ping") })
         }
         _ => Err(err(ErrorCode::BadEvent, "unknown `event`")),
     }
@@ -314,40 +280,19 @@ pub fn logout(ev: &LogoutOut) -> Vec<u8> {
     to_json(ev)
 }
 pub fn ack(cid: &str, id: u64, roomid: &str) -> Vec<u8> {
-    to_json(&AckOut {
-        event: "ack",
-        cid,
-        id,
-        roomid,
-    })
+    to_json(&AckOut { event: "ack", cid, id, roomid })
 }
 pub fn noauth(reason: &str) -> Vec<u8> {
-    to_json(&TextOut {
-        event: "noauth",
-        message: reason,
-    })
+    to_json(&TextOut { event: "noauth", message: reason })
 }
 pub fn heartbeat(ping: bool) -> Vec<u8> {
-    to_json(&TextOut {
-        event: "heartbeat",
-        message: if ping { "ping" } else { "pong" },
-    })
+    to_json(&TextOut { event: "heartbeat", message: if ping { "ping" } else { "pong" } })
 }
 pub fn error(code: ErrorCode, detail: &str) -> Vec<u8> {
-    to_json(&ErrorOut {
-        event: "error",
-        code: code.as_str(),
-        message: detail,
-    })
+    to_json(&ErrorOut { event: "error", code: code.as_str(), message: detail })
 }
 pub fn auth_ok(uid: &str, name: &str, exp: u64) -> Vec<u8> {
-    to_json(&AuthOk {
-        event: "auth",
-        message: "ok",
-        uid,
-        name,
-        exp,
-    })
+    to_json(&AuthOk { event: "auth", message: "ok", uid, name, exp })
 }
 
 /// How a stored message is marked when it is not live.
@@ -363,10 +308,7 @@ pub fn with_mark(stored: &[u8], mark: Mark) -> Vec<u8> {
         Mark::Offline => b",\"offline\":true}",
         Mark::Replay => b",\"replay\":true}",
     };
-    let end = stored
-        .iter()
-        .rposition(|b| *b == b'}')
-        .unwrap_or(stored.len());
+    let end = stored.iter().rposition(|b| *b == b'}').unwrap_or(stored.len());
     let mut out = Vec::with_capacity(end + field.len());
     out.extend_from_slice(&stored[..end]);
     out.extend_from_slice(field);
@@ -385,32 +327,16 @@ mod tests {
     #[test]
     fn decodes_events() {
         assert_eq!(
-            decode(
-                r#"{"event":"login","name":"al","roomid":"r1","since":3,"uid":"x"}"#,
-                L
-            )
-            .unwrap(),
-            ClientEvent::Login {
-                name: Some("al".into()),
-                roomid: "r1".into(),
-                since: Some(3)
-            }
+            decode(r#"{"event":"login","name":"al","roomid":"r1","since":3,"uid":"x"}"#, L).unwrap(),
+            ClientEvent::Login { name: Some("al".into()), roomid: "r1".into(), since: Some(3) }
         );
         assert_eq!(
             decode(r#"{"event":"login"}"#, L).unwrap(),
-            ClientEvent::Login {
-                name: None,
-                roomid: "default".into(),
-                since: None
-            }
+            ClientEvent::Login { name: None, roomid: "default".into(), since: None }
         );
         assert_eq!(
             decode(r#"{"event":"message","message":"hi","cid":"c1"}"#, L).unwrap(),
-            ClientEvent::Message {
-                roomid: None,
-                text: "hi".into(),
-                cid: Some("c1".into())
-            }
+            ClientEvent::Message { roomid: None, text: "hi".into(), cid: Some("c1".into()) }
         );
         assert_eq!(
             decode(r#"{"event":"heartbeat","message":"ping"}"#, L).unwrap(),
@@ -426,40 +352,19 @@ mod tests {
         assert_eq!(code("{}"), ErrorCode::BadEvent);
         assert_eq!(code(r#"{"event":"dance"}"#), ErrorCode::BadEvent);
         assert_eq!(code(r#"{"event":5}"#), ErrorCode::BadEvent);
-        assert_eq!(
-            code(r#"{"event":"message","message":5}"#),
-            ErrorCode::BadField
-        );
-        assert_eq!(
-            code(r#"{"event":"message","message":""}"#),
-            ErrorCode::BadField
-        );
-        assert_eq!(
-            code(r#"{"event":"message","message":"12345678901"}"#),
-            ErrorCode::BadField
-        );
-        assert_eq!(
-            code(r#"{"event":"message","message":"a","roomid":"a b"}"#),
-            ErrorCode::BadRoom
-        );
+        assert_eq!(code(r#"{"event":"message","message":5}"#), ErrorCode::BadField);
+        assert_eq!(code(r#"{"event":"message","message":""}"#), ErrorCode::BadField);
+        assert_eq!(code(r#"{"event":"message","message":"12345678901"}"#), ErrorCode::BadField);
+        assert_eq!(code(r#"{"event":"message","message":"a","roomid":"a b"}"#), ErrorCode::BadRoom);
         assert_eq!(code(r#"{"event":"login","since":-1}"#), ErrorCode::BadField);
-        assert_eq!(
-            code(r#"{"event":"login","since":"3"}"#),
-            ErrorCode::BadField
-        );
+        assert_eq!(code(r#"{"event":"login","since":"3"}"#), ErrorCode::BadField);
         assert_eq!(code(r#"{"event":"login","name":""}"#), ErrorCode::BadField);
         assert_eq!(code(r#"{"event":"login","roomid":7}"#), ErrorCode::BadField);
     }
 
     #[test]
     fn marks_stored_messages() {
-        assert_eq!(
-            with_mark(br#"{"a":1}"#, Mark::Offline),
-            br#"{"a":1,"offline":true}"#.to_vec()
-        );
-        assert_eq!(
-            with_mark(br#"{"a":1}"#, Mark::Replay),
-            br#"{"a":1,"replay":true}"#.to_vec()
-        );
+        assert_eq!(with_mark(br#"{"a":1}"#, Mark::Offline), br#"{"a":1,"offline":true}"#.to_vec());
+        assert_eq!(with_mark(br#"{"a":1}"#, Mark::Replay), br#"{"a":1,"replay":true}"#.to_vec());
     }
 }

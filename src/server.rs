@@ -42,10 +42,14 @@ pub async fn run(
         let tls = tls.clone();
         let shutdown = shutdown.clone();
         conns.spawn(async move {
+            let accepted = tokio::time::Instant::now();
             match tls {
-                Some(acceptor) => match tokio::time::timeout(handshake, acceptor.accept(tcp)).await
-                {
-                    Ok(Ok(stream)) => serve_http(stream, app, handshake, shutdown).await,
+                Some(acceptor) => match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        // TLS and the HTTP request share one limit.
+                        let left = handshake.saturating_sub(accepted.elapsed()).max(Duration::from_millis(1));
+                        serve_http(stream, app, left, shutdown).await
+                    }
                     Ok(Err(e)) => tracing::debug!("TLS handshake with {peer} failed: {e}"),
                     Err(_) => tracing::debug!("TLS handshake with {peer} timed out"),
                 },

@@ -19,14 +19,12 @@ async fn events_before_auth_get_the_exact_noauth_and_do_not_count() {
         json!({"event":"leave","roomid":"r1"}),
         json!({"event":"login","roomid":"r1","name":"x"}),
         json!({"event":"message","message":"again"}),
+        json!({"event":"heartbeat","message":"ping"}),
+        json!({"event":"heartbeat","message":"pong"}),
     ] {
         c.send_json(&ev).await;
         let v = c.recv_json().await;
-        assert_eq!(
-            v,
-            json!({"event":"noauth","message":NOAUTH_TEXT}),
-            "answer to {ev}"
-        );
+        assert_eq!(v, json!({"event":"noauth","message":NOAUTH_TEXT}), "answer to {ev}");
     }
     // none of it had an effect: a member of r1 sees nothing, and c is still allowed to auth
     let mut a = Client::connect_as(&s, "u1", None).await;
@@ -47,11 +45,7 @@ async fn three_bad_tokens_close_1008() {
     // still open, still anonymous
     c.send_json(&json!({"event":"login","roomid":"r1"})).await;
     assert_eq!(c.expect_noauth().await, NOAUTH_TEXT);
-    c.auth(&token_claims(
-        "wrong-secret",
-        &json!({"sub":"u1","exp":now_secs()+3600}),
-    ))
-    .await;
+    c.auth(&token_claims("wrong-secret", &json!({"sub":"u1","exp":now_secs()+3600}))).await;
     c.expect_noauth().await;
     c.expect_close(1008).await;
 }
@@ -63,10 +57,7 @@ async fn forged_and_malformed_tokens_are_refused() {
     c.auth(&alg_none_token("u1")).await;
     c.expect_noauth().await;
     // oversized token, correctly signed (padding claim): refused unread
-    let big = token_claims(
-        SECRET,
-        &json!({"sub":"u1","exp":now_secs()+3600,"pad":"p".repeat(9000)}),
-    );
+    let big = token_claims(SECRET, &json!({"sub":"u1","exp":now_secs()+3600,"pad":"p".repeat(9000)}));
     assert!(big.len() > 8192);
     c.auth(&big).await;
     c.expect_noauth().await;
@@ -77,18 +68,10 @@ async fn forged_and_malformed_tokens_are_refused() {
 
     let mut d = Client::connect(&s).await;
     // nbf in the future
-    d.auth(&token_claims(
-        SECRET,
-        &json!({"sub":"u1","exp":now_secs()+3600,"nbf":now_secs()+600}),
-    ))
-    .await;
+    d.auth(&token_claims(SECRET, &json!({"sub":"u1","exp":now_secs()+3600,"nbf":now_secs()+600}))).await;
     d.expect_noauth().await;
     // exp as a string (CVE-2026-25537 shape)
-    d.auth(&token_claims(
-        SECRET,
-        &json!({"sub":"u1","exp":format!("{}", now_secs()+3600)}),
-    ))
-    .await;
+    d.auth(&token_claims(SECRET, &json!({"sub":"u1","exp":format!("{}", now_secs()+3600)}))).await;
     d.expect_noauth().await;
     // RS256-labelled header on an HS256 signature (algorithm pinned)
     let hs = token("u1", None, 3600);
@@ -101,10 +84,7 @@ async fn forged_and_malformed_tokens_are_refused() {
     // a token over the configured size limit
     let s2 = Server::start(ServerOpts::new().arg("--max-token-bytes", 200)).await;
     let mut e = Client::connect(&s2).await;
-    let t = token_claims(
-        SECRET,
-        &json!({"sub":"u1","exp":now_secs()+3600,"pad":"p".repeat(300)}),
-    );
+    let t = token_claims(SECRET, &json!({"sub":"u1","exp":now_secs()+3600,"pad":"p".repeat(300)}));
     e.auth(&t).await;
     e.expect_noauth().await;
     e.auth(&token("u1", None, 3600)).await; // a small one is fine
@@ -124,22 +104,14 @@ async fn failed_auth_limit_is_configurable() {
 #[tokio::test]
 async fn token_in_header_query_and_auth_event() {
     let s = Server::start(ServerOpts::new()).await;
-    let mut h = Client::connect_with(
-        &s,
-        ConnectOpts {
-            bearer: Some(token("uh", Some("Header"), 3600)),
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut h =
+        Client::connect_with(&s, ConnectOpts { bearer: Some(token("uh", Some("Header"), 3600)), ..Default::default() })
+            .await;
     h.uid = Some("uh".into());
     assert_login(&h.login("r1").await, "r1", "uh", "Header", 1, 1);
     let mut q = Client::connect_with(
         &s,
-        ConnectOpts {
-            query_token: Some(token("uq", Some("Query"), 3600)),
-            ..Default::default()
-        },
+        ConnectOpts { query_token: Some(token("uq", Some("Query"), 3600)), ..Default::default() },
     )
     .await;
     q.uid = Some("uq".into());
@@ -177,62 +149,35 @@ async fn header_token_wins_over_query_token() {
 async fn subprotocol_client_gets_auth_ok_plain_does_not() {
     let s = Server::start(ServerOpts::new()).await;
     let mut v1 = Client::connect_with(&s, ConnectOpts::v1()).await;
-    assert_eq!(
-        v1.protocol.as_deref(),
-        Some("natter.v1"),
-        "server must select natter.v1"
-    );
+    assert_eq!(v1.protocol.as_deref(), Some("natter.v1"), "server must select natter.v1");
     let exp = now_secs() + 3600;
-    v1.auth(&token_claims(
-        SECRET,
-        &json!({"sub":"u1","name":"Alice","exp":exp}),
-    ))
-    .await;
+    v1.auth(&token_claims(SECRET, &json!({"sub":"u1","name":"Alice","exp":exp}))).await;
     let ok = v1.recv_json().await;
-    assert_eq!(
-        ok,
-        json!({"event":"auth","message":"ok","uid":"u1","name":"Alice","exp":exp})
-    );
+    assert_eq!(ok, json!({"event":"auth","message":"ok","uid":"u1","name":"Alice","exp":exp}));
     // without a name claim the name is the uid
     let (_c, ok) = Client::connect_v1_as(&s, "u2", None).await;
     assert_keys(&ok, &["event", "message", "uid", "name", "exp"]);
     assert_eq!(ok["name"], "u2");
 
     let mut plain = Client::connect(&s).await;
-    assert_eq!(
-        plain.protocol, None,
-        "no subprotocol offered, none selected"
-    );
+    assert_eq!(plain.protocol, None, "no subprotocol offered, none selected");
     plain.auth(&token("u3", None, 3600)).await;
     plain.expect_silence(QUIET).await;
 
     // with the token in the upgrade request: the confirmation is the first message
     let mut hv1 = Client::connect_with(
         &s,
-        ConnectOpts {
-            subprotocol: true,
-            bearer: Some(token("u4", Some("Dora"), 3600)),
-            ..Default::default()
-        },
+        ConnectOpts { subprotocol: true, bearer: Some(token("u4", Some("Dora"), 3600)), ..Default::default() },
     )
     .await;
     let ok = hv1.recv_json().await;
     assert_eq!(
-        (
-            ok["event"].as_str(),
-            ok["message"].as_str(),
-            ok["uid"].as_str(),
-            ok["name"].as_str()
-        ),
+        (ok["event"].as_str(), ok["message"].as_str(), ok["uid"].as_str(), ok["name"].as_str()),
         (Some("auth"), Some("ok"), Some("u4"), Some("Dora"))
     );
     let mut qv1 = Client::connect_with(
         &s,
-        ConnectOpts {
-            subprotocol: true,
-            query_token: Some(token("u5", None, 3600)),
-            ..Default::default()
-        },
+        ConnectOpts { subprotocol: true, query_token: Some(token("u5", None, 3600)), ..Default::default() },
     )
     .await;
     assert_eq!(qv1.recv_json().await["uid"], "u5");
@@ -241,14 +186,8 @@ async fn subprotocol_client_gets_auth_ok_plain_does_not() {
 #[tokio::test]
 async fn invalid_upgrade_token_leaves_client_anonymous_and_counts() {
     let s = Server::start(ServerOpts::new().arg("--max-auth-failures", 2)).await;
-    let mut c = Client::connect_with(
-        &s,
-        ConnectOpts {
-            bearer: Some(token("u1", None, -600)),
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut c =
+        Client::connect_with(&s, ConnectOpts { bearer: Some(token("u1", None, -600)), ..Default::default() }).await;
     c.expect_noauth().await;
     c.send_json(&json!({"event":"login","roomid":"r1"})).await;
     assert_eq!(c.expect_noauth().await, NOAUTH_TEXT);
@@ -257,14 +196,7 @@ async fn invalid_upgrade_token_leaves_client_anonymous_and_counts() {
     c.expect_noauth().await;
     c.expect_close(1008).await;
 
-    let mut q = Client::connect_with(
-        &s,
-        ConnectOpts {
-            query_token: Some("junk".into()),
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut q = Client::connect_with(&s, ConnectOpts { query_token: Some("junk".into()), ..Default::default() }).await;
     q.expect_noauth().await;
     q.auth(&token("u1", None, 3600)).await;
     q.uid = Some("u1".into());
@@ -310,31 +242,18 @@ async fn token_refresh_keeps_the_session() {
     c.login("r1").await;
     // refresh with another uid: refused, session unchanged
     c.auth(&token("u2", None, 3600)).await;
-    assert_eq!(
-        c.recv_json().await,
-        json!({"event":"noauth","message":"uid mismatch"})
-    );
+    assert_eq!(c.recv_json().await, json!({"event":"noauth","message":"uid mismatch"}));
     // wait for the expiry, then refresh with the same uid
-    assert_eq!(
-        c.recv_json_within(Duration::from_secs(20)).await,
-        json!({"event":"noauth","message":"token expired"})
-    );
+    assert_eq!(c.recv_json_within(Duration::from_secs(20)).await, json!({"event":"noauth","message":"token expired"}));
     let exp = now_secs() + 3600;
-    c.auth(&token_claims(SECRET, &json!({"sub":"u1","exp":exp})))
-        .await;
+    c.auth(&token_claims(SECRET, &json!({"sub":"u1","exp":exp}))).await;
     let ok = c.recv_json().await;
-    assert_eq!(
-        ok,
-        json!({"event":"auth","message":"ok","uid":"u1","name":"u1","exp":exp})
-    );
+    assert_eq!(ok, json!({"event":"auth","message":"ok","uid":"u1","name":"u1","exp":exp}));
     // past the grace the connection is still open and usable
     tokio::time::sleep(Duration::from_secs(3)).await;
     c.say("r1", "refreshed").await;
     let m = c.recv_json().await;
-    assert_eq!(
-        (m["message"].as_str(), m["uid"].as_str()),
-        (Some("refreshed"), Some("u1"))
-    );
+    assert_eq!((m["message"].as_str(), m["uid"].as_str()), (Some("refreshed"), Some("u1")));
 }
 
 #[tokio::test]
@@ -345,10 +264,7 @@ async fn connections_per_uid_limit() {
     let mut c3 = Client::connect_with(&s, ConnectOpts::v1()).await;
     c3.auth(&token("u1", None, 3600)).await;
     let e = c3.recv_json().await;
-    assert_eq!(
-        e["event"], "error",
-        "no auth confirmation over the limit: {e}"
-    );
+    assert_eq!(e["event"], "error", "no auth confirmation over the limit: {e}");
     assert_eq!(e["code"], "too_many_connections");
     assert_keys(&e, &["event", "code", "message"]);
     c3.expect_close(1008).await;
@@ -363,12 +279,7 @@ async fn connections_per_uid_limit() {
 
 #[tokio::test]
 async fn rate_limit_drops_then_closes_after_three() {
-    let s = Server::start(
-        ServerOpts::new()
-            .arg("--rate-per-sec", 1)
-            .arg("--rate-burst", 3),
-    )
-    .await;
+    let s = Server::start(ServerOpts::new().arg("--rate-per-sec", 1).arg("--rate-burst", 3)).await;
     let mut a = Client::connect_as(&s, "u1", None).await;
     a.login("r1").await;
     let mut b = Client::connect_as(&s, "u2", None).await;
@@ -399,18 +310,12 @@ async fn rate_limit_drops_then_closes_after_three() {
     b.expect_silence(QUIET).await;
     // more refusals within 10 s (whatever refilled meanwhile is published): 3 in total -> 1008
     for i in 0..6 {
-        if !a
-            .try_send_json(&json!({"event":"message","roomid":"r1","message":format!("more {i}")}))
-            .await
-        {
+        if !a.try_send_json(&json!({"event":"message","roomid":"r1","message":format!("more {i}")})).await {
             break;
         }
     }
     let (seen, code) = a.recv_until_close(Duration::from_secs(10)).await;
     let limited = seen.iter().filter(|v| v["code"] == "rate_limited").count();
-    assert!(
-        limited >= 2,
-        "expected rate_limited errors before the close, saw {seen:?}"
-    );
+    assert!(limited >= 2, "expected rate_limited errors before the close, saw {seen:?}");
     assert_eq!(code, Some(1008));
 }

@@ -35,8 +35,7 @@ async fn two_clients_chat_login_message_logout() {
     }
 
     // message without roomid while in exactly one room
-    b.send_json(&json!({"event":"message","message":"hi back"}))
-        .await;
+    b.send_json(&json!({"event":"message","message":"hi back"})).await;
     for c in [&mut a, &mut b] {
         let m = c.recv_json().await;
         assert_message(&m, &[]);
@@ -94,42 +93,21 @@ async fn rooms_are_isolated_and_multi_room_connection() {
 
     a.say("r1", "only r1").await;
     let m = a.recv_json().await;
-    assert_eq!(
-        (
-            m["roomid"].as_str(),
-            m["message"].as_str(),
-            m["id"].as_u64()
-        ),
-        (Some("r1"), Some("only r1"), Some(1))
-    );
+    assert_eq!((m["roomid"].as_str(), m["message"].as_str(), m["id"].as_u64()), (Some("r1"), Some("only r1"), Some(1)));
     let m = c.recv_json().await;
-    assert_eq!(
-        (m["roomid"].as_str(), m["message"].as_str()),
-        (Some("r1"), Some("only r1"))
-    );
+    assert_eq!((m["roomid"].as_str(), m["message"].as_str()), (Some("r1"), Some("only r1")));
     b.expect_silence(QUIET).await;
 
     b.say("r2", "only r2").await;
     let m = b.recv_json().await;
     // ids are per room: r2 starts at 1 as well
-    assert_eq!(
-        (
-            m["roomid"].as_str(),
-            m["message"].as_str(),
-            m["id"].as_u64()
-        ),
-        (Some("r2"), Some("only r2"), Some(1))
-    );
+    assert_eq!((m["roomid"].as_str(), m["message"].as_str(), m["id"].as_u64()), (Some("r2"), Some("only r2"), Some(1)));
     let m = c.recv_json().await;
-    assert_eq!(
-        (m["roomid"].as_str(), m["message"].as_str()),
-        (Some("r2"), Some("only r2"))
-    );
+    assert_eq!((m["roomid"].as_str(), m["message"].as_str()), (Some("r2"), Some("only r2")));
     a.expect_silence(QUIET).await;
 
     // c is in two rooms: a message without roomid is ambiguous
-    c.send_json(&json!({"event":"message","message":"where?"}))
-        .await;
+    c.send_json(&json!({"event":"message","message":"where?"})).await;
     c.expect_error("bad_room").await;
     // a room c never joined
     c.say("r3", "nope").await;
@@ -151,8 +129,7 @@ async fn rooms_are_isolated_and_multi_room_connection() {
 async fn message_in_no_room_is_not_in_room() {
     let s = Server::start(ServerOpts::new()).await;
     let mut a = Client::connect_as(&s, "u1", None).await;
-    a.send_json(&json!({"event":"message","message":"hello?"}))
-        .await;
+    a.send_json(&json!({"event":"message","message":"hello?"})).await;
     a.expect_error("not_in_room").await;
     a.send_json(&json!({"event":"leave","roomid":"r1"})).await;
     a.expect_error("not_in_room").await;
@@ -169,6 +146,27 @@ async fn empty_or_missing_roomid_means_default() {
     b.send_json(&json!({"event":"login","roomid":""})).await;
     assert_login(&b.recv_json().await, "default", "u2", "u2", 2, 2);
     assert_login(&a.recv_json().await, "default", "u2", "u2", 2, 2);
+    // on a message, an empty roomid is the default room too, not "the only room I am in"
+    let mut c = Client::connect_as(&s, "u3", None).await;
+    c.login("r1").await;
+    c.send_json(&json!({"event":"message","roomid":"","message":"where?"})).await;
+    c.expect_error("not_in_room").await;
+    b.send_json(&json!({"event":"message","roomid":"","message":"here"})).await;
+    assert_eq!(a.recv_event("message").await["roomid"], "default");
+}
+
+#[tokio::test]
+async fn rooms_per_connection_are_capped() {
+    let s = Server::start(ServerOpts::new().arg("--max-rooms-per-connection", 2)).await;
+    let mut a = Client::connect_as(&s, "u1", None).await;
+    a.login("r1").await;
+    a.login("r2").await;
+    a.send_json(&json!({"event":"login","roomid":"r3"})).await;
+    a.expect_error("bad_room").await;
+    // a room already joined is still fine, and the connection keeps working
+    a.send_json(&json!({"event":"login","roomid":"r2"})).await;
+    a.say("r1", "still here").await;
+    assert_eq!(a.recv_event("message").await["message"], "still here");
 }
 
 #[tokio::test]
@@ -176,13 +174,11 @@ async fn display_name_comes_from_token_then_login_then_uid() {
     let s = Server::start(ServerOpts::new()).await;
     // name claim wins over the login name
     let mut a = Client::connect_as(&s, "u1", Some("Alice")).await;
-    a.send_json(&json!({"event":"login","roomid":"r1","name":"Mallory"}))
-        .await;
+    a.send_json(&json!({"event":"login","roomid":"r1","name":"Mallory"})).await;
     assert_login(&a.recv_json().await, "r1", "u1", "Alice", 1, 1);
     // no name claim: the login name
     let mut b = Client::connect_as(&s, "u2", None).await;
-    b.send_json(&json!({"event":"login","roomid":"r1","name":"bob"}))
-        .await;
+    b.send_json(&json!({"event":"login","roomid":"r1","name":"bob"})).await;
     assert_login(&b.recv_json().await, "r1", "u2", "bob", 2, 2);
     assert_login(&a.recv_json().await, "r1", "u2", "bob", 2, 2);
     b.say("r1", "x").await;
@@ -195,8 +191,7 @@ async fn display_name_comes_from_token_then_login_then_uid() {
     // a name claim out of bounds (over 64 characters) is ignored
     let mut d = Client::connect(&s).await;
     d.auth(&token("u4", Some(&"n".repeat(65)), 3600)).await;
-    d.send_json(&json!({"event":"login","roomid":"r1","name":"dee"}))
-        .await;
+    d.send_json(&json!({"event":"login","roomid":"r1","name":"dee"})).await;
     assert_login(&d.recv_json().await, "r1", "u4", "dee", 4, 4);
 }
 
@@ -307,9 +302,8 @@ async fn cid_dedupe_is_per_uid() {
 #[tokio::test]
 async fn natter_token_subcommand_mints_usable_tokens() {
     let s = Server::start(ServerOpts::new()).await;
-    let (st, out, err) = run_natter(&[
-        "token", "--secret", SECRET, "--sub", "cli-user", "--name", "Cli", "--ttl", "600",
-    ]);
+    let (st, out, err) =
+        run_natter(&["token", "--secret", SECRET, "--sub", "cli-user", "--name", "Cli", "--ttl", "600"]);
     assert!(st.success(), "natter token failed: {err}");
     let tok = out.trim();
     assert_eq!(tok.split('.').count(), 3, "not a JWT: {out:?}");
@@ -323,10 +317,7 @@ async fn natter_token_subcommand_mints_usable_tokens() {
     assert_eq!(ok["uid"], "cli-user");
     assert_eq!(ok["name"], "Cli");
     let exp = ok["exp"].as_i64().unwrap();
-    assert!(
-        (exp - (now_secs() + 600)).abs() < 60,
-        "exp {exp} not about now+600"
-    );
+    assert!((exp - (now_secs() + 600)).abs() < 60, "exp {exp} not about now+600");
     c.uid = Some("cli-user".into());
     assert_login(&c.login("r1").await, "r1", "cli-user", "Cli", 1, 1);
 }

@@ -55,45 +55,20 @@ async fn heartbeat_closes_a_silent_peer_and_keeps_an_answering_one() {
             other => panic!("silent peer: expected pings then a close, got {other:?}"),
         }
     };
-    assert_eq!(
-        code,
-        Some(1000),
-        "heartbeat timeout closes with 1000 (reason {reason:?})"
-    );
-    assert!(
-        reason.contains("heartbeat"),
-        "close reason should say heartbeat timeout: {reason:?}"
-    );
-    assert!(
-        (1..=6).contains(&pings),
-        "closed after {pings} pings at 0.5 s"
-    );
+    assert_eq!(code, Some(1000), "heartbeat timeout closes with 1000 (reason {reason:?})");
+    assert!(reason.contains("heartbeat"), "close reason should say heartbeat timeout: {reason:?}");
+    assert!((1..=6).contains(&pings), "closed after {pings} pings at 0.5 s");
 
     // the answering one (auto pong) is still there after many intervals
     let elapsed = started.elapsed();
-    tokio::time::sleep(
-        Duration::from_secs(4)
-            .saturating_sub(elapsed)
-            .max(Duration::from_secs(2)),
-    )
-    .await;
+    tokio::time::sleep(Duration::from_secs(4).saturating_sub(elapsed).max(Duration::from_secs(2))).await;
     stop_tx.send(()).unwrap();
     let (mut live, seen) = live_task.await.expect("answering task");
     for v in &seen {
-        assert!(
-            (v["event"] == "logout" || v["event"] == "login") && v["uid"] == "silent",
-            "unexpected {v}"
-        );
+        assert!((v["event"] == "logout" || v["event"] == "login") && v["uid"] == "silent", "unexpected {v}");
     }
-    assert!(
-        seen.iter().any(|v| v["event"] == "logout"),
-        "no logout for the silent peer: {seen:?}"
-    );
-    assert!(
-        live.pings_seen >= 4,
-        "only {} pings in 4 s at 0.5 s interval",
-        live.pings_seen
-    );
+    assert!(seen.iter().any(|v| v["event"] == "logout"), "no logout for the silent peer: {seen:?}");
+    assert!(live.pings_seen >= 4, "only {} pings in 4 s at 0.5 s interval", live.pings_seen);
     live.say("r1", "still alive").await;
     assert_eq!(live.recv_json().await["message"], "still alive");
 }
@@ -112,8 +87,7 @@ async fn heartbeat_any_frame_counts_and_anonymous_silent_peer_goes() {
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     assert_eq!(anon.recv_close(Duration::from_secs(5)).await, Some(1000));
-    r.send_json(&json!({"event":"message","roomid":"r1","message":"pinged"}))
-        .await;
+    r.send_json(&json!({"event":"message","roomid":"r1","message":"pinged"})).await;
     assert_eq!(r.recv_json().await["message"], "pinged");
 }
 
@@ -121,15 +95,10 @@ async fn heartbeat_any_frame_counts_and_anonymous_silent_peer_goes() {
 async fn client_ping_event_gets_pong() {
     let s = Server::start(ServerOpts::new()).await;
     let mut c = Client::connect_as(&s, "u1", None).await;
-    c.send_json(&json!({"event":"heartbeat","message":"ping"}))
-        .await;
-    assert_eq!(
-        c.recv_json().await,
-        json!({"event":"heartbeat","message":"pong"})
-    );
+    c.send_json(&json!({"event":"heartbeat","message":"ping"})).await;
+    assert_eq!(c.recv_json().await, json!({"event":"heartbeat","message":"pong"}));
     // a pong event (answer to a server ping) gets no reply
-    c.send_json(&json!({"event":"heartbeat","message":"pong"}))
-        .await;
+    c.send_json(&json!({"event":"heartbeat","message":"pong"})).await;
     c.expect_silence(Duration::from_millis(800)).await;
 }
 
@@ -149,10 +118,7 @@ async fn sigterm_closes_everyone_with_1001_and_exits_zero() {
     let st = s.wait_exit(Duration::from_secs(15)).await;
     assert_eq!(st.code(), Some(0), "exit status after SIGTERM: {st:?}");
     let extra = s.extra_stdout.lock().unwrap().clone();
-    assert!(
-        extra.is_empty(),
-        "stdout must hold exactly one line, also got {extra:?}"
-    );
+    assert!(extra.is_empty(), "stdout must hold exactly one line, also got {extra:?}");
 }
 
 #[tokio::test]
@@ -197,16 +163,10 @@ async fn read_room(
                     _ => panic!("reader got {v}"),
                 }
             }
-            Some(Ok(Message::Close(c))) => panic!(
-                "a reading client was closed: {c:?} after {} messages",
-                ids.len()
-            ),
+            Some(Ok(Message::Close(c))) => panic!("a reading client was closed: {c:?} after {} messages", ids.len()),
             Some(Ok(_)) => {}
             Some(Err(e)) => panic!("a reading client failed: {e} after {} messages", ids.len()),
-            None => panic!(
-                "a reading client's stream ended after {} messages",
-                ids.len()
-            ),
+            None => panic!("a reading client's stream ended after {} messages", ids.len()),
         }
     }
 }
@@ -228,14 +188,7 @@ async fn slow_reader_is_disconnected_and_the_room_goes_on() {
     f1.login("r1").await;
     let mut f2 = Client::connect_as(&s, "f2", None).await;
     f2.login("r1").await;
-    let mut slow = Client::connect_with(
-        &s,
-        ConnectOpts {
-            recv_buffer: Some(4096),
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut slow = Client::connect_with(&s, ConnectOpts { recv_buffer: Some(4096), ..Default::default() }).await;
     slow.auth(&token("slow", None, 3600)).await;
     slow.uid = Some("slow".into());
     slow.login("r1").await;
@@ -270,30 +223,13 @@ async fn slow_reader_is_disconnected_and_the_room_goes_on() {
     'flood: for round in 0..30 {
         for i in 0..50 {
             let lag_deadline = std::time::Instant::now() + Duration::from_secs(60);
-            while sent
-                - progress
-                    .iter()
-                    .map(|p| p.load(Ordering::SeqCst))
-                    .min()
-                    .unwrap()
-                > WINDOW
-            {
-                assert!(
-                    std::time::Instant::now() < lag_deadline,
-                    "healthy readers stopped making progress"
-                );
+            while sent - progress.iter().map(|p| p.load(Ordering::SeqCst)).min().unwrap() > WINDOW {
+                assert!(std::time::Instant::now() < lag_deadline, "healthy readers stopped making progress");
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            let m =
-                json!({"event":"message","roomid":"r1","message":format!("{round}-{i} {text}")});
-            f1_sink
-                .send(Message::text(m.to_string()))
-                .await
-                .expect("f1 send");
-            f2_sink
-                .send(Message::text(m.to_string()))
-                .await
-                .expect("f2 send");
+            let m = json!({"event":"message","roomid":"r1","message":format!("{round}-{i} {text}")});
+            f1_sink.send(Message::text(m.to_string())).await.expect("f1 send");
+            f2_sink.send(Message::text(m.to_string())).await.expect("f2 send");
             sent += 2;
         }
         let m = metrics(&s).await;
@@ -305,23 +241,13 @@ async fn slow_reader_is_disconnected_and_the_room_goes_on() {
     tx.send(Some(sent)).unwrap();
     for r in readers {
         let (ids, logouts) = r.await.expect("reader task");
-        assert_eq!(
-            ids,
-            (1..=sent as u64).collect::<Vec<_>>(),
-            "a reading client lost or reordered messages"
-        );
+        assert_eq!(ids, (1..=sent as u64).collect::<Vec<_>>(), "a reading client lost or reordered messages");
         let _ = logouts;
     }
     if !seen_1013 {
-        wait_for(
-            Duration::from_secs(20),
-            "natter_closes_total{code=\"1013\"} >= 1",
-            || async {
-                metric_value(&metrics(&s).await, "natter_closes_total{code=\"1013\"}")
-                    .unwrap_or(0.0)
-                    >= 1.0
-            },
-        )
+        wait_for(Duration::from_secs(20), "natter_closes_total{code=\"1013\"} >= 1", || async {
+            metric_value(&metrics(&s).await, "natter_closes_total{code=\"1013\"}").unwrap_or(0.0) >= 1.0
+        })
         .await;
     }
 
@@ -340,20 +266,10 @@ async fn slow_reader_is_disconnected_and_the_room_goes_on() {
         }
     };
     eprintln!("slow reader: {sent} messages sent, {got} reached the slow client, close {code:?}");
-    assert!(
-        code == Some(1013) || code.is_none(),
-        "slow client closed with {code:?}, expected 1013 or a reset"
-    );
-    assert!(
-        got < sent,
-        "the slow client received everything ({got}); it was not slow"
-    );
+    assert!(code == Some(1013) || code.is_none(), "slow client closed with {code:?}, expected 1013 or a reset");
+    assert!(got < sent, "the slow client received everything ({got}); it was not slow");
 
     // its logout reached the room, and healthz counts the three remaining connections
-    wait_for(
-        Duration::from_secs(10),
-        "3 connections in /healthz",
-        || async { healthz(&s).await["connections"] == 3 },
-    )
-    .await;
+    wait_for(Duration::from_secs(10), "3 connections in /healthz", || async { healthz(&s).await["connections"] == 3 })
+        .await;
 }

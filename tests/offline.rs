@@ -33,12 +33,7 @@ async fn offline_member_gets_queued_messages_exactly_once() {
     let s = Server::start(ServerOpts::new()).await;
     let mut a = alice_and_departed_bob(&s).await;
     let sent = say_n(&mut a, "r1", &["one", "two", "three"]).await;
-    assert_eq!(
-        sent.iter()
-            .map(|m| m["id"].as_u64().unwrap())
-            .collect::<Vec<_>>(),
-        vec![1, 2, 3]
-    );
+    assert_eq!(sent.iter().map(|m| m["id"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2, 3]);
 
     let mut b = Client::connect_as(&s, "u2", Some("Bob")).await;
     let l = b.login("r1").await;
@@ -90,11 +85,7 @@ async fn offline_queue_survives_a_restart_and_ids_continue() {
     let mut a = Client::connect_as(&s, "u1", Some("Alice")).await;
     assert_login(&a.login("r1").await, "r1", "u1", "Alice", 2, 2);
     a.say("r1", "after restart").await;
-    assert_eq!(
-        a.recv_event("message").await["id"],
-        3,
-        "ids must continue after a restart"
-    );
+    assert_eq!(a.recv_event("message").await["id"], 3, "ids must continue after a restart");
     assert_eq!(b.recv_event("message").await["id"], 3);
 }
 
@@ -201,20 +192,14 @@ async fn replay_covers_only_its_own_room_queue() {
     for (id, text) in [(1u64, "r1-a"), (2, "r1-b")] {
         let m = b.recv_json().await;
         assert_message(&m, &["replay"]);
-        assert_eq!(
-            (m["id"].as_u64(), m["message"].as_str()),
-            (Some(id), Some(text))
-        );
+        assert_eq!((m["id"].as_u64(), m["message"].as_str()), (Some(id), Some(text)));
     }
     // r1's queued copies were covered by the replay; r2's are not delivered before r2's login
     b.expect_silence(QUIET).await;
     b.login("r2").await;
     let m = b.recv_json().await;
     assert_message(&m, &["offline"]);
-    assert_eq!(
-        (m["roomid"].as_str(), m["message"].as_str()),
-        (Some("r2"), Some("r2-a"))
-    );
+    assert_eq!((m["roomid"].as_str(), m["message"].as_str()), (Some("r2"), Some("r2-a")));
     b.expect_silence(QUIET).await;
 }
 
@@ -224,12 +209,7 @@ async fn since_edge_cases() {
     let mut a = Client::connect_as(&s, "u1", None).await;
     a.login("r1").await;
     let texts: Vec<String> = (1..=8).map(|i| format!("h{i}")).collect();
-    say_n(
-        &mut a,
-        "r1",
-        &texts.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-    )
-    .await;
+    say_n(&mut a, "r1", &texts.iter().map(|s| s.as_str()).collect::<Vec<_>>()).await;
 
     // older than the kept history: what is kept (ids 4..=8), in order
     let mut c = Client::connect_as(&s, "u3", None).await;
@@ -244,32 +224,21 @@ async fn since_edge_cases() {
     c.expect_silence(QUIET).await;
 
     // a second login with since in a room already joined replays as a first login would
-    c.send_json(&json!({"event":"login","roomid":"r1","since":6}))
-        .await;
+    c.send_json(&json!({"event":"login","roomid":"r1","since":6})).await;
     let m1 = c.recv_json().await;
     let m2 = c.recv_json().await;
-    assert_eq!(
-        (m1["id"].as_u64(), m1["replay"].as_bool()),
-        (Some(7), Some(true)),
-        "{m1}"
-    );
-    assert_eq!(
-        (m2["id"].as_u64(), m2["replay"].as_bool()),
-        (Some(8), Some(true)),
-        "{m2}"
-    );
+    assert_eq!((m1["id"].as_u64(), m1["replay"].as_bool()), (Some(7), Some(true)), "{m1}");
+    assert_eq!((m2["id"].as_u64(), m2["replay"].as_bool()), (Some(8), Some(true)), "{m2}");
     c.expect_silence(QUIET).await;
 
     // at or past the last id: nothing
     for since in [8u64, 100] {
-        c.send_json(&json!({"event":"login","roomid":"r1","since":since}))
-            .await;
+        c.send_json(&json!({"event":"login","roomid":"r1","since":since})).await;
         c.expect_silence(QUIET).await;
     }
     // not a non-negative integer
     for bad in [json!(-1), json!("3"), json!(1.5), json!([1])] {
-        c.send_json(&json!({"event":"login","roomid":"r1","since":bad}))
-            .await;
+        c.send_json(&json!({"event":"login","roomid":"r1","since":bad})).await;
         c.expect_error("bad_field").await;
     }
 }
@@ -312,37 +281,18 @@ async fn keys_and_get_show_the_store_after_stop() {
 
     let (st, out, err) = run_natter(&["keys", "--data", &data]);
     assert!(st.success(), "natter keys failed: {err}");
-    for key in [
-        "room:r1:members",
-        "room:r1:seq",
-        "room:r1:history",
-        "offline:u2",
-        "user:u1:rooms",
-        "user:u2:rooms",
-    ] {
-        assert!(
-            out.lines().any(|l| l.contains(key)),
-            "`natter keys` lacks {key}:\n{out}"
-        );
+    for key in ["room:r1:members", "room:r1:seq", "room:r1:history", "offline:u2", "user:u1:rooms", "user:u2:rooms"] {
+        assert!(out.lines().any(|l| l.contains(key)), "`natter keys` lacks {key}:\n{out}");
     }
     let (st, out, err) = run_natter(&["keys", "room:*", "--data", &data]);
     assert!(st.success(), "natter keys room:* failed: {err}");
     assert!(out.contains("room:r1:members"), "{out}");
-    assert!(
-        !out.contains("offline:u2"),
-        "pattern room:* must not list offline:u2:\n{out}"
-    );
+    assert!(!out.contains("offline:u2"), "pattern room:* must not list offline:u2:\n{out}");
 
     let (st, out, err) = run_natter(&["get", "room:r1:members", "--data", &data]);
     assert!(st.success(), "natter get failed: {err}");
-    assert!(
-        out.contains("u1") && out.contains("u2"),
-        "members should list u1 and u2:\n{out}"
-    );
+    assert!(out.contains("u1") && out.contains("u2"), "members should list u1 and u2:\n{out}");
     let (st, out, err) = run_natter(&["get", "offline:u2", "--data", &data]);
     assert!(st.success(), "natter get offline:u2 failed: {err}");
-    assert!(
-        out.contains("kept"),
-        "offline:u2 should hold the queued message:\n{out}"
-    );
+    assert!(out.contains("kept"), "offline:u2 should hold the queued message:\n{out}");
 }

@@ -49,94 +49,33 @@ async fn every_bad_input_gets_its_error_and_the_room_goes_on() {
         ("\"just a string\"".into(), "bad_json"),
         ("42".into(), "bad_json"),
         ("null".into(), "bad_json"),
-        (
-            json!({"roomid":"r1","message":"no event"}).to_string(),
-            "bad_event",
-        ),
+        (json!({"roomid":"r1","message":"no event"}).to_string(), "bad_event"),
         (json!({"event":"dance"}).to_string(), "bad_event"),
-        (
-            json!({"event":"message","roomid":"r1","message":5}).to_string(),
-            "bad_field",
-        ),
-        (
-            json!({"event":"message","roomid":"r1","message":null}).to_string(),
-            "bad_field",
-        ),
-        (
-            json!({"event":"message","roomid":"r1"}).to_string(),
-            "bad_field",
-        ),
-        (
-            json!({"event":"message","roomid":"r1","message":""}).to_string(),
-            "bad_field",
-        ),
-        (
-            json!({"event":"message","roomid":"r1","message":"x".repeat(4097)}).to_string(),
-            "bad_field",
-        ),
-        (
-            json!({"event":"message","roomid":"r1","message":"hi","cid":""}).to_string(),
-            "bad_field",
-        ),
-        (
-            json!({"event":"message","roomid":"r1","message":"hi","cid":"c".repeat(65)})
-                .to_string(),
-            "bad_field",
-        ),
-        (
-            json!({"event":"message","roomid":"r1","message":"hi","cid":7}).to_string(),
-            "bad_field",
-        ),
-        (
-            json!({"event":"login","roomid":"r1","name":""}).to_string(),
-            "bad_field",
-        ),
-        (
-            json!({"event":"login","roomid":"r1","name":"n".repeat(65)}).to_string(),
-            "bad_field",
-        ),
-        (
-            json!({"event":"login","roomid":"r1","name":5}).to_string(),
-            "bad_field",
-        ),
-        (
-            json!({"event":"login","roomid":"bad room!"}).to_string(),
-            "bad_room",
-        ),
-        (
-            json!({"event":"login","roomid":"a/b"}).to_string(),
-            "bad_room",
-        ),
-        (
-            json!({"event":"login","roomid":long_room}).to_string(),
-            "bad_room",
-        ),
-        (
-            json!({"event":"message","roomid":"bad room!","message":"x"}).to_string(),
-            "bad_room",
-        ),
-        (
-            json!({"event":"message","roomid":"r2","message":"x"}).to_string(),
-            "not_in_room",
-        ),
-        (
-            json!({"event":"leave","roomid":"r2"}).to_string(),
-            "not_in_room",
-        ),
+        (json!({"event":"message","roomid":"r1","message":5}).to_string(), "bad_field"),
+        (json!({"event":"message","roomid":"r1","message":null}).to_string(), "bad_field"),
+        (json!({"event":"message","roomid":"r1"}).to_string(), "bad_field"),
+        (json!({"event":"message","roomid":"r1","message":""}).to_string(), "bad_field"),
+        (json!({"event":"message","roomid":"r1","message":"x".repeat(4097)}).to_string(), "bad_field"),
+        (json!({"event":"message","roomid":"r1","message":"hi","cid":""}).to_string(), "bad_field"),
+        (json!({"event":"message","roomid":"r1","message":"hi","cid":"c".repeat(65)}).to_string(), "bad_field"),
+        (json!({"event":"message","roomid":"r1","message":"hi","cid":7}).to_string(), "bad_field"),
+        (json!({"event":"login","roomid":"r1","name":""}).to_string(), "bad_field"),
+        (json!({"event":"login","roomid":"r1","name":"n".repeat(65)}).to_string(), "bad_field"),
+        (json!({"event":"login","roomid":"r1","name":5}).to_string(), "bad_field"),
+        (json!({"event":"login","roomid":"bad room!"}).to_string(), "bad_room"),
+        (json!({"event":"login","roomid":"a/b"}).to_string(), "bad_room"),
+        (json!({"event":"login","roomid":long_room}).to_string(), "bad_room"),
+        (json!({"event":"message","roomid":"bad room!","message":"x"}).to_string(), "bad_room"),
+        (json!({"event":"message","roomid":"r2","message":"x"}).to_string(), "not_in_room"),
+        (json!({"event":"leave","roomid":"r2"}).to_string(), "not_in_room"),
     ];
     for (i, (input, code)) in cases.iter().enumerate() {
         c.send_text(input).await;
         let e = c.expect_error(code).await;
-        assert!(
-            !e["message"].as_str().unwrap().is_empty(),
-            "case {i} {input:?}: empty error text"
-        );
+        assert!(!e["message"].as_str().unwrap().is_empty(), "case {i} {input:?}: empty error text");
         if i % 5 == 0 {
             still_chatting(&mut a, &mut b, &format!("alive {i}")).await;
-            assert_eq!(
-                c.recv_event("message").await["message"],
-                format!("alive {i}")
-            );
+            assert_eq!(c.recv_event("message").await["message"], format!("alive {i}"));
         }
     }
     c.send_binary(b"\x00\x01binary").await;
@@ -184,8 +123,7 @@ async fn room_names_unicode_and_byte_limit() {
         assert_eq!(l["roomid"], room);
     }
     // 33 two-byte letters = 66 bytes: over 64 bytes
-    a.send_json(&json!({"event":"login","roomid":"é".repeat(33)}))
-        .await;
+    a.send_json(&json!({"event":"login","roomid":"é".repeat(33)})).await;
     a.expect_error("bad_room").await;
     for room in ["with space", "semi;colon", "emoji😀", "tab\t"] {
         a.send_json(&json!({"event":"login","roomid":room})).await;
@@ -213,8 +151,7 @@ async fn input_errors_come_before_auth() {
 async fn smuggled_identity_fields_are_ignored() {
     let s = Server::start(ServerOpts::new()).await;
     let mut a = Client::connect_as(&s, "u1", Some("Alice")).await;
-    a.send_json(&json!({"event":"login","roomid":"r1","uid":"admin"}))
-        .await;
+    a.send_json(&json!({"event":"login","roomid":"r1","uid":"admin"})).await;
     assert_login(&a.recv_json().await, "r1", "u1", "Alice", 1, 1);
     let mut b = Client::connect_as(&s, "u2", None).await;
     b.login("r1").await;
@@ -284,12 +221,7 @@ async fn unmasked_frame_closes_1002() {
 
 #[tokio::test]
 async fn reserved_bits_close_1002() {
-    violation(
-        ServerOpts::new(),
-        vec![masked(true, 0b100, OP_TEXT, msg_json("rsv1").as_bytes())],
-        1002,
-    )
-    .await;
+    violation(ServerOpts::new(), vec![masked(true, 0b100, OP_TEXT, msg_json("rsv1").as_bytes())], 1002).await;
 }
 
 #[tokio::test]
@@ -301,47 +233,24 @@ async fn reserved_opcodes_close_1002() {
 #[tokio::test]
 async fn bad_control_frames_close_1002() {
     // control frame over 125 bytes
-    violation(
-        ServerOpts::new(),
-        vec![masked(true, 0, OP_PING, &[b'p'; 126])],
-        1002,
-    )
-    .await;
+    violation(ServerOpts::new(), vec![masked(true, 0, OP_PING, &[b'p'; 126])], 1002).await;
     // fragmented control frame
-    violation(
-        ServerOpts::new(),
-        vec![masked(false, 0, OP_PING, b"p")],
-        1002,
-    )
-    .await;
+    violation(ServerOpts::new(), vec![masked(false, 0, OP_PING, b"p")], 1002).await;
 }
 
 #[tokio::test]
 async fn invalid_close_code_closes_1002() {
-    violation(
-        ServerOpts::new(),
-        vec![masked(true, 0, OP_CLOSE, &999u16.to_be_bytes())],
-        1002,
-    )
-    .await;
+    violation(ServerOpts::new(), vec![masked(true, 0, OP_CLOSE, &999u16.to_be_bytes())], 1002).await;
 }
 
 #[tokio::test]
 async fn bad_fragment_sequences_close_1002() {
     // continuation with nothing to continue
-    violation(
-        ServerOpts::new(),
-        vec![masked(true, 0, OP_CONT, b"orphan")],
-        1002,
-    )
-    .await;
+    violation(ServerOpts::new(), vec![masked(true, 0, OP_CONT, b"orphan")], 1002).await;
     // a new text frame while a fragmented message is open
     violation(
         ServerOpts::new(),
-        vec![
-            masked(false, 0, OP_TEXT, b"{\"event\":"),
-            masked(true, 0, OP_TEXT, msg_json("x").as_bytes()),
-        ],
+        vec![masked(false, 0, OP_TEXT, b"{\"event\":"), masked(true, 0, OP_TEXT, msg_json("x").as_bytes())],
         1002,
     )
     .await;
@@ -351,12 +260,7 @@ async fn bad_fragment_sequences_close_1002() {
 async fn invalid_utf8_closes_1007() {
     violation(
         ServerOpts::new(),
-        vec![masked(
-            true,
-            0,
-            OP_TEXT,
-            b"{\"event\":\"message\",\"message\":\"\xff\xfe\"}",
-        )],
+        vec![masked(true, 0, OP_TEXT, b"{\"event\":\"message\",\"message\":\"\xff\xfe\"}")],
         1007,
     )
     .await;
@@ -368,12 +272,7 @@ async fn invalid_utf8_across_fragments_closes_1007() {
     violation(
         ServerOpts::new(),
         vec![
-            masked(
-                false,
-                0,
-                OP_TEXT,
-                b"{\"event\":\"message\",\"message\":\"\xc3",
-            ),
+            masked(false, 0, OP_TEXT, b"{\"event\":\"message\",\"message\":\"\xc3"),
             masked(true, 0, OP_CONT, b"\x28\"}"),
         ],
         1007,
@@ -383,12 +282,7 @@ async fn invalid_utf8_across_fragments_closes_1007() {
 
 #[tokio::test]
 async fn oversized_message_closes_1009() {
-    violation(
-        ServerOpts::new(),
-        vec![masked(true, 0, OP_TEXT, &padded_message(65537))],
-        1009,
-    )
-    .await;
+    violation(ServerOpts::new(), vec![masked(true, 0, OP_TEXT, &padded_message(65537))], 1009).await;
 }
 
 #[tokio::test]
@@ -405,12 +299,7 @@ async fn oversized_fragments_adding_up_close_1009() {
 #[tokio::test]
 async fn max_message_bytes_is_configurable() {
     let opts = ServerOpts::new().arg("--max-message-bytes", 1000);
-    violation(
-        opts,
-        vec![masked(true, 0, OP_TEXT, &padded_message(1001))],
-        1009,
-    )
-    .await;
+    violation(opts, vec![masked(true, 0, OP_TEXT, &padded_message(1001))], 1009).await;
 }
 
 #[tokio::test]
@@ -426,14 +315,10 @@ async fn message_of_exactly_the_limit_is_allowed_whole_and_fragmented() {
     assert_eq!(a.recv_json().await["message"], "x");
     let third = msg.len() / 3;
     r.send_frame(false, 0, OP_TEXT, &msg[..third]).await;
-    r.send_frame(false, 0, OP_CONT, &msg[third..2 * third])
-        .await;
+    r.send_frame(false, 0, OP_CONT, &msg[third..2 * third]).await;
     r.send_frame(true, 0, OP_CONT, &msg[2 * third..]).await;
     let m = r.recv_json().await;
-    assert_eq!(
-        (m["message"].as_str(), m["id"].as_u64()),
-        (Some("x"), Some(2))
-    );
+    assert_eq!((m["message"].as_str(), m["id"].as_u64()), (Some("x"), Some(2)));
     assert_eq!(a.recv_json().await["id"], 2);
     assert_eq!(b.recv_event("message").await["id"], 1);
     assert_eq!(b.recv_json().await["id"], 2);
@@ -454,15 +339,8 @@ async fn fragmented_message_is_reassembled_with_interleaved_ping() {
     r.send_frame(true, 0, OP_PING, b"are you there").await;
     r.send_frame(false, 0, OP_CONT, &bytes[10..cut]).await;
     r.send_frame(true, 0, OP_CONT, &bytes[cut..]).await;
-    let pong = r
-        .recv_frame(RECV_TIMEOUT)
-        .await
-        .expect("timeout")
-        .expect("eof");
-    assert_eq!(
-        pong.opcode, OP_PONG,
-        "a ping frame must be answered with a pong: {pong:?}"
-    );
+    let pong = r.recv_frame(RECV_TIMEOUT).await.expect("timeout").expect("eof");
+    assert_eq!(pong.opcode, OP_PONG, "a ping frame must be answered with a pong: {pong:?}");
     assert_eq!(pong.payload, b"are you there");
     let own = r.recv_json().await;
     assert_eq!(own["message"], "réassemblé");
@@ -480,8 +358,7 @@ async fn client_close_is_echoed_with_its_code() {
     let (mut a, _b) = bystanders(&s).await;
     let mut r = RawWs::connect_as(&s, "raw", "r1").await;
     a.recv_event("login").await;
-    r.send_frame(true, 0, OP_CLOSE, &[0x03, 0xE8, b'b', b'y', b'e'])
-        .await;
+    r.send_frame(true, 0, OP_CLOSE, &[0x03, 0xE8, b'b', b'y', b'e']).await;
     r.expect_close(1000).await;
     r.expect_eof(Duration::from_secs(10)).await;
     assert_logout(&a.recv_event("logout").await, "r1", "raw", "raw", 2, 3);

@@ -28,8 +28,7 @@ async fn wss_two_clients_chat() {
     }
     // a burst: every message gets through (no bytes stuck in the TLS buffer)
     for i in 0..40 {
-        b.say("r1", &format!("burst {i} {}", "y".repeat(3000)))
-            .await;
+        b.say("r1", &format!("burst {i} {}", "y".repeat(3000))).await;
     }
     for c in [&mut a, &mut b] {
         for i in 0..40 {
@@ -49,22 +48,9 @@ async fn https_endpoints_and_raw_frames_over_tls() {
     assert!(metrics(&s).await.contains("natter_connections"));
     let mut r = RawWs::connect_as(&s, "raw", "r1").await;
     r.send_frame(true, 0, OP_PING, b"tls-ping").await;
-    let f = r
-        .recv_frame(RECV_TIMEOUT)
-        .await
-        .expect("timeout")
-        .expect("eof");
-    assert_eq!(
-        (f.opcode, f.payload.as_slice()),
-        (OP_PONG, &b"tls-ping"[..])
-    );
-    r.send_unmasked(
-        OP_TEXT,
-        json!({"event":"message","roomid":"r1","message":"x"})
-            .to_string()
-            .as_bytes(),
-    )
-    .await;
+    let f = r.recv_frame(RECV_TIMEOUT).await.expect("timeout").expect("eof");
+    assert_eq!((f.opcode, f.payload.as_slice()), (OP_PONG, &b"tls-ping"[..]));
+    r.send_unmasked(OP_TEXT, json!({"event":"message","roomid":"r1","message":"x"}).to_string().as_bytes()).await;
     r.expect_close(1002).await;
 }
 
@@ -72,9 +58,7 @@ async fn https_endpoints_and_raw_frames_over_tls() {
 async fn plaintext_client_on_a_tls_port_does_not_hurt() {
     let s = Server::start(ServerOpts::new().tls().arg("--handshake-timeout", 2)).await;
     let mut tcp = tokio::net::TcpStream::connect(s.addr()).await.unwrap();
-    let _ = tcp
-        .write_all(upgrade_request(&s, "/ws", &[]).as_bytes())
-        .await;
+    let _ = tcp.write_all(upgrade_request(&s, "/ws", &[]).as_bytes()).await;
     let mut buf = [0u8; 1024];
     let dropped = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
@@ -85,10 +69,7 @@ async fn plaintext_client_on_a_tls_port_does_not_hurt() {
         }
     })
     .await;
-    assert!(
-        dropped.is_ok(),
-        "a plaintext request on the TLS port should be dropped"
-    );
+    assert!(dropped.is_ok(), "a plaintext request on the TLS port should be dropped");
     // an idle TCP connection that never starts TLS is dropped by the handshake timeout
     let mut idle = tokio::net::TcpStream::connect(s.addr()).await.unwrap();
     let dropped = tokio::time::timeout(Duration::from_secs(10), async {
@@ -100,10 +81,7 @@ async fn plaintext_client_on_a_tls_port_does_not_hurt() {
         }
     })
     .await;
-    assert!(
-        dropped.is_ok(),
-        "an idle connection should be dropped by the handshake timeout"
-    );
+    assert!(dropped.is_ok(), "an idle connection should be dropped by the handshake timeout");
     let mut a = Client::connect_as(&s, "u1", None).await;
     a.login("r1").await;
 }
@@ -124,10 +102,7 @@ async fn cert_without_key_is_a_startup_error() {
         "--cert",
         tls.cert_path.to_str().unwrap(),
     ]);
-    assert!(
-        !st.success(),
-        "natter started with --cert and no --key; stdout {out:?}"
-    );
+    assert!(!st.success(), "natter started with --cert and no --key; stdout {out:?}");
     assert!(err.contains("--key"), "stderr should name --key: {err:?}");
     assert!(!out.contains("listening"), "{out:?}");
 }
@@ -148,10 +123,7 @@ async fn key_without_cert_is_a_startup_error() {
         "--key",
         tls.key_path.to_str().unwrap(),
     ]);
-    assert!(
-        !st.success(),
-        "natter started with --key and no --cert; stdout {out:?}"
-    );
+    assert!(!st.success(), "natter started with --key and no --cert; stdout {out:?}");
     assert!(err.contains("--cert"), "stderr should name --cert: {err:?}");
 }
 
@@ -176,10 +148,7 @@ async fn unreadable_or_bad_cert_files_are_startup_errors() {
         tls.key_path.to_str().unwrap(),
     ]);
     assert!(!st.success());
-    assert!(
-        err.contains("no-such-cert.pem"),
-        "stderr should name the cert file: {err:?}"
-    );
+    assert!(err.contains("no-such-cert.pem"), "stderr should name the cert file: {err:?}");
 
     let missing_key = dir.path().join("no-such-key.pem");
     let (st, _, err) = run_natter(&[
@@ -196,10 +165,7 @@ async fn unreadable_or_bad_cert_files_are_startup_errors() {
         missing_key.to_str().unwrap(),
     ]);
     assert!(!st.success());
-    assert!(
-        err.contains("no-such-key.pem"),
-        "stderr should name the key file: {err:?}"
-    );
+    assert!(err.contains("no-such-key.pem"), "stderr should name the key file: {err:?}");
 
     let garbage = dir.path().join("garbage.pem");
     std::fs::write(&garbage, "this is not a certificate\n").unwrap();
@@ -217,8 +183,5 @@ async fn unreadable_or_bad_cert_files_are_startup_errors() {
         tls.key_path.to_str().unwrap(),
     ]);
     assert!(!st.success());
-    assert!(
-        err.contains("garbage.pem"),
-        "stderr should name the bad cert file: {err:?}"
-    );
+    assert!(err.contains("garbage.pem"), "stderr should name the bad cert file: {err:?}");
 }

@@ -53,6 +53,20 @@ pub enum HubError {
     Internal(anyhow::Error),
 }
 
+/// What `join` did.
+#[derive(Debug)]
+pub struct Joined {
+    /// The connection joined, but replay or offline delivery failed (a store error): the client
+    /// should log in again with `since`.
+    pub catch_up_failed: bool,
+}
+
+/// Ids are reserved durably in blocks of this size (one flush per block per room).
+const ID_BLOCK: u64 = 1024;
+
+/// Stripes of the per-uid lock around "check the dedupe record, then publish".
+const DEDUPE_STRIPES: usize = 64;
+
 impl From<anyhow::Error> for HubError {
     fn from(e: anyhow::Error) -> Self {
         HubError::Internal(e)
@@ -68,6 +82,9 @@ pub struct Hub {
     uids: Mutex<HashMap<String, usize>>,
     next_conn: AtomicU64,
     max_per_uid: usize,
+    /// Serialises publishes with a `cid` per uid (striped), so one `cid` is published once even
+    /// when two connections of the uid send it to two rooms at the same moment.
+    dedupe_locks: [Mutex<()>; DEDUPE_STRIPES],
 }
 
 impl Hub {
@@ -81,6 +98,7 @@ impl Hub {
             uids: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             max_per_uid,
+            dedupe_locks: std::array::from_fn(|_| Mutex::new(())),
         })
     }
 
@@ -95,11 +113,7 @@ impl Hub {
     /// Registers a new connection (anonymous until it authenticates) for heartbeats.
     pub fn register(&self, outbox: Arc<Outbox>) -> Arc<Conn> {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let conn = Arc::new(Conn {
-            id,
-            outbox,
-            seen: AtomicBool::new(true),
-        });
+        let conn = Arc::new(Conn { id, outbox, seen: AtomicBool::new(true) });
         self.conns.lock().unwrap().insert(id, conn.clone());
         self.metrics.connections.inc();
         conn
@@ -147,27 +161,18 @@ impl Hub {
     }
 
     /// `login`: joins `conn` to the room (broadcasting `login` when it is new there), then
-    /// replays history after `since`, then drains the uid's offline queue for the room.
-    pub fn join(
-        &self,
-        conn: &Conn,
-        who: &Who,
-        roomid: &str,
-        since: Option<u64>,
-    ) -> Result<(), HubError> {
+    /// replays history after `since`, then delivers the uid's offline queue for the room, all
+    /// under the room lock so that no live message overtakes them.
+    pub fn join(&self, conn: &Conn, who: &Who, roomid: &str, since: Option<u64>) -> Result<Joined, HubError> {
         let room = self.room(roomid)?;
         let mut st = room.lock();
         if !st.conns.contains_key(&conn.id) {
-            let was_member = st.members.contains(who.uid);
-            if !was_member {
+            if !st.members.contains(who.uid) {
                 self.store.add_member(roomid, who.uid)?;
                 st.members.insert(who.uid.to_string());
             }
-            let uid: Arc<str> = st
-                .online
-                .get_key_value(who.uid)
-                .map(|(k, _)| k.clone())
-                .unwrap_or_else(|| who.uid.into());
+            let uid: Arc<str> =
+                st.online.get_key_value(who.uid).map(|(k, _)| k.clone()).unwrap_or_else(|| who.uid.into());
             let count = st.online.entry(uid.clone()).or_insert(0);
             *count += 1;
             let count = *count;
@@ -178,13 +183,7 @@ impl Hub {
             if st.conns.is_empty() {
                 self.metrics.rooms.inc();
             }
-            st.conns.insert(
-                conn.id,
-                RoomConn {
-                    uid,
-                    outbox: conn.outbox.clone(),
-                },
-            );
+            st.conns.insert(conn.id, RoomConn { uid, outbox: conn.outbox.clone() });
             let json = protocol::login(&protocol::LoginOut {
                 event: "login",
                 roomid,
@@ -196,6 +195,18 @@ impl Hub {
             });
             st.fan_out(&wire::text(&json), &self.metrics);
         }
+        // From here on the connection is in the room whatever happens: report, don't fail.
+        let catch_up = self.catch_up(conn, who.uid, roomid, since);
+        drop(st);
+        if let Err(e) = &catch_up {
+            tracing::error!("replay/offline delivery in room {roomid}: {e:#}");
+        }
+        Ok(Joined { catch_up_failed: catch_up.is_err() })
+    }
+
+    /// Replay after `since`, then queued offline messages not covered by it. Queue entries leave
+    /// the store only once they are in the outbox: if it fills up, the rest stay queued.
+    fn catch_up(&self, conn: &Conn, uid: &str, roomid: &str, since: Option<u64>) -> anyhow::Result<()> {
         let mut replayed = (1, 0);
         if let Some(k) = since {
             let msgs = self.store.history_after(roomid, k)?;
@@ -203,40 +214,36 @@ impl Hub {
                 replayed = (first.id, last.id);
             }
             for m in msgs {
-                self.send_one(
-                    conn,
-                    wire::text(&protocol::with_mark(&m.json, Mark::Replay)),
-                );
+                self.send_one(conn, wire::text(&protocol::with_mark(&m.json, Mark::Replay)));
             }
         }
-        for q in self.store.take_offline(who.uid, roomid, crate::now_ms())? {
+        let queued = self.store.queued(uid, roomid, crate::now_ms())?;
+        let mut done = Vec::with_capacity(queued.len());
+        for q in queued {
             let seen_before = since.is_some_and(|k| q.id <= k);
             let replayed_now = q.id >= replayed.0 && q.id <= replayed.1;
-            if !(seen_before || replayed_now) {
-                self.send_one(
-                    conn,
-                    wire::text(&protocol::with_mark(&q.json, Mark::Offline)),
-                );
+            if !(seen_before || replayed_now)
+                && !self.send_one(conn, wire::text(&protocol::with_mark(&q.json, Mark::Offline)))
+            {
+                break;
             }
+            done.push(q.n);
         }
-        Ok(())
+        self.store.dequeue(uid, &done)
     }
 
-    fn send_one(&self, conn: &Conn, frame: Bytes) {
-        if conn.outbox.push(frame) == crate::outbox::Pushed::Queued {
+    /// Queues one frame to one connection; false when its outbox refused it.
+    fn send_one(&self, conn: &Conn, frame: Bytes) -> bool {
+        let queued = conn.outbox.push(frame) == crate::outbox::Pushed::Queued;
+        if queued {
             self.metrics.messages_out.inc();
         }
+        queued
     }
 
     /// Removes `conn` from a room. `leave` (explicit) also ends the membership when it was the
     /// uid's last connection there; a disconnect keeps it (offline queueing goes on).
-    fn remove(
-        &self,
-        conn: &Conn,
-        who: &Who,
-        roomid: &str,
-        end_membership: bool,
-    ) -> Result<(), HubError> {
+    fn remove(&self, conn: &Conn, who: &Who, roomid: &str, end_membership: bool) -> Result<(), HubError> {
         let room = self.existing_room(roomid).ok_or(HubError::NotInRoom)?;
         let mut st = room.lock();
         let Some(rc) = st.conns.remove(&conn.id) else {
@@ -246,10 +253,7 @@ impl Hub {
             self.metrics.rooms.dec();
         }
         let left = {
-            let c = st
-                .online
-                .get_mut(&rc.uid)
-                .expect("online counts every room connection");
+            let c = st.online.get_mut(&rc.uid).expect("online counts every room connection");
             *c -= 1;
             *c
         };
@@ -294,15 +298,14 @@ impl Hub {
     /// `message`: assigns the next id, stores it (history, offline queues, dedupe record) and
     /// fans it out, all under the room lock; with a `cid`, the `ack` follows the next flush.
     /// A `cid` seen from this uid within the dedupe window is acked again, not republished.
-    pub fn publish(
-        &self,
-        conn: &Conn,
-        who: &Who,
-        roomid: &str,
-        text: &str,
-        cid: Option<&str>,
-    ) -> Result<(), HubError> {
+    pub fn publish(&self, conn: &Conn, who: &Who, roomid: &str, text: &str, cid: Option<&str>) -> Result<(), HubError> {
         let room = self.existing_room(roomid).ok_or(HubError::NotInRoom)?;
+        // Lock order: dedupe stripe, then room.
+        let _cid_guard = cid.map(|_| {
+            use std::hash::{BuildHasher, BuildHasherDefault};
+            let h = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(who.uid);
+            self.dedupe_locks[h as usize % DEDUPE_STRIPES].lock().unwrap_or_else(|p| p.into_inner())
+        });
         let mut st = room.lock();
         if !st.conns.contains_key(&conn.id) {
             return Err(HubError::NotInRoom);
@@ -311,14 +314,16 @@ impl Hub {
         if let Some(c) = cid {
             if let Some((first_room, id)) = self.store.dedupe_get(who.uid, c, now)? {
                 drop(st);
-                self.commit.after_flush(
-                    conn.outbox.clone(),
-                    wire::text(&protocol::ack(c, id, &first_room)),
-                );
+                self.commit.after_flush(conn.outbox.clone(), wire::text(&protocol::ack(c, id, &first_room)));
                 return Ok(());
             }
         }
         let id = st.last_id + 1;
+        if id > st.reserved {
+            let upto = id + ID_BLOCK - 1;
+            self.store.reserve_ids(roomid, upto)?;
+            st.reserved = upto;
+        }
         let json = protocol::message(&protocol::MessageOut {
             event: "message",
             id,
@@ -346,10 +351,7 @@ impl Hub {
         self.metrics.messages_in.inc();
         self.metrics.offline_writes.add(offline.len() as u64);
         if let Some(c) = cid {
-            self.commit.after_flush(
-                conn.outbox.clone(),
-                wire::text(&protocol::ack(c, id, roomid)),
-            );
+            self.commit.after_flush(conn.outbox.clone(), wire::text(&protocol::ack(c, id, roomid)));
         }
         Ok(())
     }

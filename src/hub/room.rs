@@ -27,6 +27,8 @@ pub(super) struct RoomState {
     pub offline: HashSet<String>,
     /// The last message id given.
     pub last_id: u64,
+    /// Ids up to here are durably reserved and may be given without another flush.
+    pub reserved: u64,
 }
 
 impl RoomState {
@@ -64,6 +66,7 @@ impl Room {
                 members,
                 offline,
                 last_id,
+                reserved: last_id,
             }),
         }
     }

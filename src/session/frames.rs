@@ -52,13 +52,7 @@ pub struct MaskCheck<R> {
 
 impl<R> MaskCheck<R> {
     pub fn new(inner: R, drain: Arc<AtomicBool>) -> Self {
-        MaskCheck {
-            inner,
-            header: [0; 14],
-            have: 0,
-            skip: 0,
-            drain,
-        }
+        MaskCheck { inner, header: [0; 14], have: 0, skip: 0, drain }
     }
 
     /// Feeds bytes just read; Err on an unmasked frame header.
@@ -100,11 +94,7 @@ impl<R> MaskCheck<R> {
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for MaskCheck<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
         if this.drain.load(Ordering::Relaxed) {
             let mut scratch = [0u8; 4096];
@@ -143,21 +133,13 @@ pub struct MessageReader<R> {
 impl<R: AsyncRead + Unpin> MessageReader<R> {
     pub fn new(read: R, max_message_bytes: usize) -> Self {
         let drain = Arc::new(AtomicBool::new(false));
-        let (mut ws, _) = fastwebsockets::after_handshake_split(
-            MaskCheck::new(read, drain.clone()),
-            tokio::io::sink(),
-            Role::Server,
-        );
+        let (mut ws, _) =
+            fastwebsockets::after_handshake_split(MaskCheck::new(read, drain.clone()), tokio::io::sink(), Role::Server);
         ws.set_auto_close(false);
         ws.set_auto_pong(false);
         // fastwebsockets refuses a frame whose length is >= this; the limit itself is allowed.
         ws.set_max_message_size(max_message_bytes + 1);
-        MessageReader {
-            ws,
-            drain,
-            max: max_message_bytes,
-            partial: None,
-        }
+        MessageReader { ws, drain, max: max_message_bytes, partial: None }
     }
 
     /// Reads and discards until the peer closes (bounded by the caller's timeout), so that a
@@ -232,9 +214,7 @@ fn finish(op: OpCode, payload: Vec<u8>) -> Result<Input, ReadError> {
     if op == OpCode::Binary {
         return Ok(Input::Binary);
     }
-    String::from_utf8(payload)
-        .map(Input::Text)
-        .map_err(|_| ReadError::Violation(1007, "invalid UTF-8"))
+    String::from_utf8(payload).map(Input::Text).map_err(|_| ReadError::Violation(1007, "invalid UTF-8"))
 }
 
 fn map_error(e: WebSocketError) -> ReadError {
@@ -245,12 +225,8 @@ fn map_error(e: WebSocketError) -> ReadError {
         WebSocketError::ReservedBitsNotZero => Violation(1002, "reserved bits set"),
         WebSocketError::ControlFrameFragmented => Violation(1002, "fragmented control frame"),
         WebSocketError::PingFrameTooLarge => Violation(1002, "control frame too large"),
-        WebSocketError::InvalidFragment | WebSocketError::InvalidValue => {
-            Violation(1002, "invalid opcode")
-        }
-        WebSocketError::InvalidCloseFrame | WebSocketError::InvalidCloseCode => {
-            Violation(1002, "bad close frame")
-        }
+        WebSocketError::InvalidFragment | WebSocketError::InvalidValue => Violation(1002, "invalid opcode"),
+        WebSocketError::InvalidCloseFrame | WebSocketError::InvalidCloseCode => Violation(1002, "bad close frame"),
         WebSocketError::IoError(io) if io.get_ref().is_some_and(|i| i.is::<Unmasked>()) => {
             Violation(1002, "unmasked client frame")
         }

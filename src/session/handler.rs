@@ -66,11 +66,7 @@ impl Session {
             login_name: None,
             failures: 0,
             rooms: Vec::new(),
-            rate: RateLimit {
-                tokens: burst,
-                last: Instant::now(),
-                strikes: VecDeque::new(),
-            },
+            rate: RateLimit { tokens: burst, last: Instant::now(), strikes: VecDeque::new() },
         }
     }
 
@@ -87,10 +83,7 @@ impl Session {
 
     fn name(&self) -> &str {
         let a = self.auth.as_ref().expect("only called when authenticated");
-        a.token_name
-            .as_deref()
-            .or(self.login_name.as_deref())
-            .unwrap_or(&a.uid)
+        a.token_name.as_deref().or(self.login_name.as_deref()).unwrap_or(&a.uid)
     }
 
     fn expired(&self) -> bool {
@@ -125,24 +118,16 @@ impl Session {
             Some(_) => {}
             None => {
                 if !self.env.hub.claim_uid(&id.uid) {
-                    self.error(
-                        ErrorCode::TooManyConnections,
-                        "too many connections for this uid",
-                    );
+                    self.error(ErrorCode::TooManyConnections, "too many connections for this uid");
                     return Flow::Close(1008, "too many connections");
                 }
-                self.auth = Some(Authed {
-                    uid: id.uid.clone(),
-                    token_name: id.name.clone(),
-                });
+                self.auth = Some(Authed { uid: id.uid.clone(), token_name: id.name.clone() });
             }
         }
         if let (Some(a), Some(n)) = (self.auth.as_mut(), id.name) {
             a.token_name = Some(n);
         }
-        self.clock
-            .exp_ms
-            .store(id.exp.saturating_mul(1000).max(1), Ordering::Relaxed);
+        self.clock.exp_ms.store(id.exp.saturating_mul(1000).max(1), Ordering::Relaxed);
         self.clock.changed.notify_one();
         if self.v1 {
             let name = self.name().to_string();
@@ -152,9 +137,7 @@ impl Session {
     }
 
     pub fn on_text(&mut self, text: &str) -> Flow {
-        let limits = DecodeLimits {
-            max_text_chars: self.env.limits.max_text_chars,
-        };
+        let limits = DecodeLimits { max_text_chars: self.env.limits.max_text_chars };
         let event = match protocol::decode(text, limits) {
             Ok(e) => e,
             Err(e) => {
@@ -164,40 +147,36 @@ impl Session {
         };
         match event {
             ClientEvent::Auth { token } => return self.on_token(&token),
+            // Before auth, everything but `auth` gets noauth; once expired, `heartbeat` still works.
+            _ if self.auth.is_none() => {
+                self.send(&protocol::noauth(protocol::NOAUTH_TEXT));
+                return Flow::Continue;
+            }
             ClientEvent::Heartbeat { ping } => {
                 if ping {
                     self.send(&protocol::heartbeat(false));
                 }
                 return Flow::Continue;
             }
-            _ if self.auth.is_none() || self.expired() => {
+            _ if self.expired() => {
                 self.send(&protocol::noauth(protocol::NOAUTH_TEXT));
                 return Flow::Continue;
             }
-            ClientEvent::Login {
-                name,
-                roomid,
-                since,
-            } => {
+            ClientEvent::Login { name, roomid, since } => {
                 if name.is_some() {
                     self.login_name = name;
                 }
                 self.login(&roomid, since);
             }
             ClientEvent::Leave { roomid } => self.leave(&roomid),
-            ClientEvent::Message { roomid, text, cid } => {
-                return self.message(roomid, &text, cid.as_deref())
-            }
+            ClientEvent::Message { roomid, text, cid } => return self.message(roomid, &text, cid.as_deref()),
         }
         Flow::Continue
     }
 
     fn hub_error(&self, e: HubError) {
         match e {
-            HubError::NotInRoom => self.error(
-                ErrorCode::NotInRoom,
-                "this connection has not joined that room",
-            ),
+            HubError::NotInRoom => self.error(ErrorCode::NotInRoom, "this connection has not joined that room"),
             HubError::Internal(e) => {
                 tracing::error!("store error: {e:#}");
                 self.error(ErrorCode::Internal, "internal error, try again")
@@ -206,15 +185,20 @@ impl Session {
     }
 
     fn login(&mut self, roomid: &str, since: Option<u64>) {
+        let new_room = !self.rooms.iter().any(|r| r == roomid);
+        if new_room && self.rooms.len() >= self.env.limits.max_rooms_per_connection {
+            let detail = format!("a connection can be in at most {} rooms", self.env.limits.max_rooms_per_connection);
+            return self.error(ErrorCode::BadRoom, &detail);
+        }
         let uid = self.auth.as_ref().expect("authenticated").uid.clone();
-        let who = Who {
-            uid: &uid,
-            name: self.name(),
-        };
+        let who = Who { uid: &uid, name: self.name() };
         match self.env.hub.join(&self.conn, &who, roomid, since) {
-            Ok(()) => {
-                if !self.rooms.iter().any(|r| r == roomid) {
+            Ok(joined) => {
+                if new_room {
                     self.rooms.push(roomid.to_string());
+                }
+                if joined.catch_up_failed {
+                    self.error(ErrorCode::Internal, "missed messages could not be delivered: log in again with since");
                 }
             }
             Err(e) => self.hub_error(e),
@@ -223,17 +207,11 @@ impl Session {
 
     fn leave(&mut self, roomid: &str) {
         let Some(pos) = self.rooms.iter().position(|r| r == roomid) else {
-            return self.error(
-                ErrorCode::NotInRoom,
-                "this connection has not joined that room",
-            );
+            return self.error(ErrorCode::NotInRoom, "this connection has not joined that room");
         };
         self.rooms.swap_remove(pos);
         let uid = self.auth.as_ref().expect("authenticated").uid.clone();
-        let who = Who {
-            uid: &uid,
-            name: self.name(),
-        };
+        let who = Who { uid: &uid, name: self.name() };
         if let Err(e) = self.env.hub.leave(&self.conn, &who, roomid) {
             self.hub_error(e);
         }
@@ -244,8 +222,7 @@ impl Session {
         let now = Instant::now();
         let l = &self.env.limits;
         let r = &mut self.rate;
-        r.tokens = (r.tokens + now.duration_since(r.last).as_secs_f64() * l.rate_per_sec)
-            .min(l.rate_burst);
+        r.tokens = (r.tokens + now.duration_since(r.last).as_secs_f64() * l.rate_per_sec).min(l.rate_burst);
         r.last = now;
         if r.tokens >= 1.0 {
             r.tokens -= 1.0;
@@ -259,10 +236,7 @@ impl Session {
             let now = Instant::now();
             let strikes = &mut self.rate.strikes;
             strikes.push_back(now);
-            while strikes
-                .front()
-                .is_some_and(|t| now.duration_since(*t).as_secs() >= 10)
-            {
+            while strikes.front().is_some_and(|t| now.duration_since(*t).as_secs() >= 10) {
                 strikes.pop_front();
             }
             self.error(ErrorCode::RateLimited, "too many messages, slow down");
@@ -274,10 +248,7 @@ impl Session {
         let roomid = match roomid {
             Some(r) if self.rooms.contains(&r) => r,
             Some(_) => {
-                self.error(
-                    ErrorCode::NotInRoom,
-                    "this connection has not joined that room",
-                );
+                self.error(ErrorCode::NotInRoom, "this connection has not joined that room");
                 return Flow::Continue;
             }
             None => match self.rooms.as_slice() {
@@ -287,19 +258,13 @@ impl Session {
                     return Flow::Continue;
                 }
                 _ => {
-                    self.error(
-                        ErrorCode::BadRoom,
-                        "this connection is in several rooms: give `roomid`",
-                    );
+                    self.error(ErrorCode::BadRoom, "this connection is in several rooms: give `roomid`");
                     return Flow::Continue;
                 }
             },
         };
         let uid = self.auth.as_ref().expect("authenticated").uid.clone();
-        let who = Who {
-            uid: &uid,
-            name: self.name(),
-        };
+        let who = Who { uid: &uid, name: self.name() };
         if let Err(e) = self.env.hub.publish(&self.conn, &who, &roomid, text, cid) {
             self.hub_error(e);
         }
@@ -312,15 +277,8 @@ impl Drop for Session {
     /// uid slot exactly once.
     fn drop(&mut self) {
         if let Some(a) = self.auth.take() {
-            let name = a
-                .token_name
-                .clone()
-                .or(self.login_name.clone())
-                .unwrap_or_else(|| a.uid.clone());
-            let who = Who {
-                uid: &a.uid,
-                name: &name,
-            };
+            let name = a.token_name.clone().or(self.login_name.clone()).unwrap_or_else(|| a.uid.clone());
+            let who = Who { uid: &a.uid, name: &name };
             self.env.hub.disconnect(&self.conn, &who, &self.rooms);
             self.env.hub.release_uid(&a.uid);
         }

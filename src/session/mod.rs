@@ -89,15 +89,7 @@ where
             }
         }
     }
-    finish(
-        &outbox,
-        &env,
-        &mut reader,
-        &mut writer,
-        reader_done,
-        writer_done,
-    )
-    .await;
+    finish(&outbox, &env, &mut reader, &mut writer, reader_done, writer_done).await;
 }
 
 /// The closing phase: let the writer send what is queued and the close frame, let the reader
@@ -115,9 +107,7 @@ async fn finish(
     if !peer_gone {
         let deadline = Instant::now() + CLOSE_GRACE;
         if !writer_done {
-            writer_done = tokio::time::timeout_at(deadline, &mut *writer)
-                .await
-                .is_ok();
+            writer_done = tokio::time::timeout_at(deadline, &mut *writer).await.is_ok();
         }
         if !reader_done {
             let until = deadline.min(Instant::now() + Duration::from_secs(2));
@@ -137,13 +127,7 @@ async fn finish(
     }
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(
-    r: R,
-    env: Arc<Env>,
-    conn: Arc<Conn>,
-    clock: Arc<AuthClock>,
-    up: Upgrade,
-) {
+async fn read_loop<R: AsyncRead + Unpin>(r: R, env: Arc<Env>, conn: Arc<Conn>, clock: Arc<AuthClock>, up: Upgrade) {
     let mut frames = MessageReader::new(r, env.limits.max_message_bytes);
     let mut session = Session::new(env.clone(), conn.clone(), clock, up.v1);
     if let Some(t) = up.token {

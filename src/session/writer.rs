@@ -35,6 +35,7 @@ pub async fn run<W: AsyncWrite + Unpin>(mut w: W, outbox: Arc<Outbox>) -> std::i
                 frames.clear();
                 // fastwebsockets never flushes, and through TLS the bytes may wait in rustls.
                 w.flush().await?;
+                outbox.written();
             }
             Some(close) => {
                 w.write_all(&wire::close(close.code, &close.reason)).await?;

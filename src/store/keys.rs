@@ -15,6 +15,8 @@ pub enum Key {
     Online { room: String, uid: String },
     /// `room:{room}:seq` counter (u64).
     Seq { room: String },
+    /// The durably reserved id ceiling of `room:{room}:seq` (u64).
+    SeqReserved { room: String },
     /// `room:{room}:history` list entry, by message id.
     History { room: String, id: u64 },
     /// `offline:{uid}` list bookkeeping: next entry number and length.
@@ -29,6 +31,7 @@ const MEMBER: u8 = b'm';
 const USER_ROOM: u8 = b'u';
 const ONLINE: u8 = b'p';
 const SEQ: u8 = b's';
+const SEQ_RESERVED: u8 = b'r';
 const HISTORY: u8 = b'h';
 const QUEUE_META: u8 = b'q';
 const QUEUE: u8 = b'o';
@@ -70,6 +73,9 @@ pub fn online_prefix(room: &str) -> Vec<u8> {
 pub fn online_all() -> Vec<u8> {
     vec![ONLINE]
 }
+pub fn seq_reserved_all() -> Vec<u8> {
+    vec![SEQ_RESERVED]
+}
 pub fn history_prefix(room: &str) -> Vec<u8> {
     KeyBuf::new(HISTORY).str(room).into_vec()
 }
@@ -90,6 +96,7 @@ impl Key {
             Key::UserRoom { uid, room } => KeyBuf::new(USER_ROOM).str(uid).str(room),
             Key::Online { room, uid } => KeyBuf::new(ONLINE).str(room).str(uid),
             Key::Seq { room } => KeyBuf::new(SEQ).str(room),
+            Key::SeqReserved { room } => KeyBuf::new(SEQ_RESERVED).str(room),
             Key::History { room, id } => KeyBuf::new(HISTORY).str(room).num(*id),
             Key::QueueMeta { uid } => KeyBuf::new(QUEUE_META).str(uid),
             Key::Queue { uid, n } => KeyBuf::new(QUEUE).str(uid).num(*n),
@@ -107,38 +114,21 @@ impl Key {
             Some(v)
         };
         let key = match tag {
-            MEMBER => Key::Member {
-                room: s()?,
-                uid: s()?,
-            },
-            USER_ROOM => Key::UserRoom {
-                uid: s()?,
-                room: s()?,
-            },
-            ONLINE => Key::Online {
-                room: s()?,
-                uid: s()?,
-            },
+            MEMBER => Key::Member { room: s()?, uid: s()? },
+            USER_ROOM => Key::UserRoom { uid: s()?, room: s()? },
+            ONLINE => Key::Online { room: s()?, uid: s()? },
             SEQ => Key::Seq { room: s()? },
+            SEQ_RESERVED => Key::SeqReserved { room: s()? },
             HISTORY => {
                 let room = s()?;
-                Key::History {
-                    room,
-                    id: u64::from_be_bytes(rest.try_into().ok()?),
-                }
+                Key::History { room, id: u64::from_be_bytes(rest.try_into().ok()?) }
             }
             QUEUE_META => Key::QueueMeta { uid: s()? },
             QUEUE => {
                 let uid = s()?;
-                Key::Queue {
-                    uid,
-                    n: u64::from_be_bytes(rest.try_into().ok()?),
-                }
+                Key::Queue { uid, n: u64::from_be_bytes(rest.try_into().ok()?) }
             }
-            DEDUPE => Key::Dedupe {
-                uid: s()?,
-                cid: s()?,
-            },
+            DEDUPE => Key::Dedupe { uid: s()?, cid: s()? },
             _ => return None,
         };
         Some(key)
@@ -150,7 +140,7 @@ impl Key {
             Key::Member { room, .. } => format!("room:{room}:members"),
             Key::UserRoom { uid, .. } => format!("user:{uid}:rooms"),
             Key::Online { room, .. } => format!("room:{room}:online"),
-            Key::Seq { room } => format!("room:{room}:seq"),
+            Key::Seq { room } | Key::SeqReserved { room } => format!("room:{room}:seq"),
             Key::History { room, .. } => format!("room:{room}:history"),
             Key::QueueMeta { uid } | Key::Queue { uid, .. } => format!("offline:{uid}"),
             Key::Dedupe { uid, cid } => format!("dedupe:{uid}:{cid}"),
@@ -165,40 +155,19 @@ mod tests {
     #[test]
     fn no_uid_prefixes_another() {
         let a = queue_prefix("alice");
-        let b = Key::Queue {
-            uid: "alice2".into(),
-            n: 0,
-        }
-        .encode();
+        let b = Key::Queue { uid: "alice2".into(), n: 0 }.encode();
         assert!(!b.starts_with(&a));
         let a = members_prefix("r1");
-        assert!(!Key::Member {
-            room: "r10".into(),
-            uid: "x".into()
-        }
-        .encode()
-        .starts_with(&a));
+        assert!(!Key::Member { room: "r10".into(), uid: "x".into() }.encode().starts_with(&a));
     }
 
     #[test]
     fn keys_round_trip() {
         for k in [
-            Key::Member {
-                room: "r".into(),
-                uid: "u:1".into(),
-            },
-            Key::History {
-                room: "r".into(),
-                id: 7,
-            },
-            Key::Queue {
-                uid: "ü".into(),
-                n: 3,
-            },
-            Key::Dedupe {
-                uid: "u".into(),
-                cid: "c".into(),
-            },
+            Key::Member { room: "r".into(), uid: "u:1".into() },
+            Key::History { room: "r".into(), id: 7 },
+            Key::Queue { uid: "ü".into(), n: 3 },
+            Key::Dedupe { uid: "u".into(), cid: "c".into() },
             Key::Seq { room: "r".into() },
         ] {
             assert_eq!(Key::decode(&k.encode()), Some(k));

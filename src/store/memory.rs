@@ -9,6 +9,7 @@ use bytes::Bytes;
 use super::{Append, Bounds, FlushFuture, Queued, Result, Store, Stored};
 
 struct Entry {
+    n: u64,
     ts: u64,
     room: String,
     id: u64,
@@ -21,6 +22,8 @@ struct Data {
     user_rooms: HashMap<String, BTreeSet<String>>,
     online: HashMap<String, BTreeMap<String, u32>>,
     seq: HashMap<String, u64>,
+    reserved: HashMap<String, u64>,
+    next_n: HashMap<String, u64>,
     history: HashMap<String, VecDeque<Stored>>,
     queues: HashMap<String, VecDeque<Entry>>,
     dedupe: HashMap<(String, String), (u64, String, u64)>,
@@ -33,20 +36,14 @@ pub struct MemoryStore {
 
 impl MemoryStore {
     pub fn new(bounds: Bounds) -> Self {
-        MemoryStore {
-            bounds,
-            data: Mutex::new(Data::default()),
-        }
+        MemoryStore { bounds, data: Mutex::new(Data::default()) }
     }
 }
 
 impl Store for MemoryStore {
     fn add_member(&self, room: &str, uid: &str) -> Result<bool> {
         let mut d = self.data.lock().unwrap();
-        d.user_rooms
-            .entry(uid.into())
-            .or_default()
-            .insert(room.into());
+        d.user_rooms.entry(uid.into()).or_default().insert(room.into());
         Ok(d.members.entry(room.into()).or_default().insert(uid.into()))
     }
 
@@ -55,18 +52,12 @@ impl Store for MemoryStore {
         if let Some(r) = d.user_rooms.get_mut(uid) {
             r.remove(room);
         }
-        Ok(d.members
-            .get_mut(room)
-            .map(|m| m.remove(uid))
-            .unwrap_or(false))
+        Ok(d.members.get_mut(room).map(|m| m.remove(uid)).unwrap_or(false))
     }
 
     fn members(&self, room: &str) -> Result<Vec<String>> {
         let d = self.data.lock().unwrap();
-        Ok(d.members
-            .get(room)
-            .map(|m| m.iter().cloned().collect())
-            .unwrap_or_default())
+        Ok(d.members.get(room).map(|m| m.iter().cloned().collect()).unwrap_or_default())
     }
 
     fn set_online(&self, room: &str, uid: &str, conns: u32) -> Result<()> {
@@ -82,10 +73,7 @@ impl Store for MemoryStore {
 
     fn online(&self, room: &str) -> Result<Vec<(String, u32)>> {
         let d = self.data.lock().unwrap();
-        Ok(d.online
-            .get(room)
-            .map(|r| r.iter().map(|(u, n)| (u.clone(), *n)).collect())
-            .unwrap_or_default())
+        Ok(d.online.get(room).map(|r| r.iter().map(|(u, n)| (u.clone(), *n)).collect()).unwrap_or_default())
     }
 
     fn clear_presence(&self) -> Result<()> {
@@ -94,89 +82,78 @@ impl Store for MemoryStore {
     }
 
     fn last_id(&self, room: &str) -> Result<u64> {
-        Ok(self
-            .data
-            .lock()
-            .unwrap()
-            .seq
-            .get(room)
-            .copied()
-            .unwrap_or(0))
+        let d = self.data.lock().unwrap();
+        Ok(d.seq.get(room).copied().unwrap_or(0).max(d.reserved.get(room).copied().unwrap_or(0)))
+    }
+
+    fn reserve_ids(&self, room: &str, upto: u64) -> Result<()> {
+        self.data.lock().unwrap().reserved.insert(room.into(), upto);
+        Ok(())
+    }
+
+    fn release_ids(&self) -> Result<()> {
+        self.data.lock().unwrap().reserved.clear();
+        Ok(())
     }
 
     fn append(&self, a: &Append) -> Result<()> {
         let mut d = self.data.lock().unwrap();
         d.seq.insert(a.room.into(), a.id);
         let h = d.history.entry(a.room.into()).or_default();
-        h.push_back(Stored {
-            id: a.id,
-            json: Bytes::copy_from_slice(a.json),
-        });
+        h.push_back(Stored { id: a.id, json: Bytes::copy_from_slice(a.json) });
         while h.len() > self.bounds.history_max {
             h.pop_front();
         }
         for uid in a.offline {
+            let next = d.next_n.entry(uid.clone()).or_insert(0);
+            let n = *next;
+            *next += 1;
             let q = d.queues.entry(uid.clone()).or_default();
-            q.push_back(Entry {
-                ts: a.now_ms,
-                room: a.room.into(),
-                id: a.id,
-                json: Bytes::copy_from_slice(a.json),
-            });
+            q.push_back(Entry { n, ts: a.now_ms, room: a.room.into(), id: a.id, json: Bytes::copy_from_slice(a.json) });
             while q.len() > self.bounds.offline_max
-                || q.front()
-                    .is_some_and(|e| e.ts + self.bounds.offline_ttl_ms <= a.now_ms)
+                || q.front().is_some_and(|e| e.ts + self.bounds.offline_ttl_ms <= a.now_ms)
             {
                 q.pop_front();
             }
         }
         if let Some((uid, cid)) = a.dedupe {
-            d.dedupe
-                .insert((uid.into(), cid.into()), (a.now_ms, a.room.into(), a.id));
+            d.dedupe.insert((uid.into(), cid.into()), (a.now_ms, a.room.into(), a.id));
         }
         Ok(())
     }
 
     fn history_after(&self, room: &str, after: u64) -> Result<Vec<Stored>> {
         let d = self.data.lock().unwrap();
-        Ok(d.history
-            .get(room)
-            .map(|h| h.iter().filter(|s| s.id > after).cloned().collect())
+        Ok(d.history.get(room).map(|h| h.iter().filter(|s| s.id > after).cloned().collect()).unwrap_or_default())
+    }
+
+    fn queued(&self, uid: &str, room: &str, now_ms: u64) -> Result<Vec<Queued>> {
+        let d = self.data.lock().unwrap();
+        let ttl = self.bounds.offline_ttl_ms;
+        Ok(d.queues
+            .get(uid)
+            .map(|q| {
+                q.iter()
+                    .filter(|e| e.room == room && e.ts + ttl > now_ms)
+                    .map(|e| Queued { n: e.n, id: e.id, json: e.json.clone() })
+                    .collect()
+            })
             .unwrap_or_default())
     }
 
-    fn take_offline(&self, uid: &str, room: &str, now_ms: u64) -> Result<Vec<Queued>> {
+    fn dequeue(&self, uid: &str, ns: &[u64]) -> Result<()> {
         let mut d = self.data.lock().unwrap();
-        let Some(q) = d.queues.get_mut(uid) else {
-            return Ok(Vec::new());
-        };
-        let ttl = self.bounds.offline_ttl_ms;
-        let mut out = Vec::new();
-        q.retain(|e| {
-            let expired = e.ts + ttl <= now_ms;
-            if !expired && e.room == room {
-                out.push(Queued {
-                    id: e.id,
-                    json: e.json.clone(),
-                });
+        if let Some(q) = d.queues.get_mut(uid) {
+            q.retain(|e| ns.binary_search(&e.n).is_err());
+            if q.is_empty() {
+                d.queues.remove(uid);
             }
-            !(expired || e.room == room)
-        });
-        if q.is_empty() {
-            d.queues.remove(uid);
         }
-        Ok(out)
+        Ok(())
     }
 
     fn offline_len(&self, uid: &str) -> Result<usize> {
-        Ok(self
-            .data
-            .lock()
-            .unwrap()
-            .queues
-            .get(uid)
-            .map(VecDeque::len)
-            .unwrap_or(0))
+        Ok(self.data.lock().unwrap().queues.get(uid).map(VecDeque::len).unwrap_or(0))
     }
 
     fn dedupe_get(&self, uid: &str, cid: &str, now_ms: u64) -> Result<Option<(String, u64)>> {

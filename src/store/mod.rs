@@ -22,9 +22,12 @@ pub struct Stored {
     pub json: Bytes,
 }
 
-/// An entry taken from `offline:{uid}` for one room.
+/// An entry of `offline:{uid}` for one room.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Queued {
+    /// The entry's position in the uid's queue, for `dequeue`.
+    pub n: u64,
+    /// The message id.
     pub id: u64,
     pub json: Bytes,
 }
@@ -55,8 +58,9 @@ pub struct Bounds {
 /// - Methods are synchronous and fast: an embedded engine answers from memory; a networked
 ///   backend pipelines. Writes are visible to later reads at once, but durable only once a
 ///   `flush` started after them has completed.
-/// - Each method is atomic on its own: `append` lands whole or not at all (after a crash too),
-///   and two concurrent `add_member` calls for different uids both end up members.
+/// - Each method is atomic on its own: `append` and `add_member` land whole or not at all
+///   (after a crash too), and two concurrent `add_member` calls for different uids both end up
+///   members.
 /// - Ordering: the caller (the hub) serialises writes to one room; the store serialises
 ///   writes to one uid's queue across rooms.
 pub trait Store: Send + Sync + 'static {
@@ -71,15 +75,25 @@ pub trait Store: Send + Sync + 'static {
     fn online(&self, room: &str) -> Result<Vec<(String, u32)>>;
     /// Clears every room's presence (a single node starts with nobody online).
     fn clear_presence(&self) -> Result<()>;
-    /// `room:{room}:seq`: the last message id given in the room, 0 when none.
+    /// The highest id that may already have been given in the room (0 when none): the last
+    /// stored id, or the last durably reserved one when that is higher. Ids continue above it.
     fn last_id(&self, room: &str) -> Result<u64>;
+    /// Durably records that ids up to `upto` may be given (returns after a flush). Messages are
+    /// fanned out before their own flush; reserving ids in flushed blocks is what keeps ids
+    /// strictly increasing across a crash.
+    fn reserve_ids(&self, room: &str, upto: u64) -> Result<()>;
+    /// At a clean shutdown, after the last publish: drops every reservation, so that ids
+    /// continue after a restart without a gap.
+    fn release_ids(&self) -> Result<()>;
     /// Atomically: `seq := id`, history append (trimmed to `history_max`), one queue entry per
     /// offline uid (trimmed to `offline_max`, oldest first), the dedupe record.
     fn append(&self, a: &Append) -> Result<()>;
     /// History entries with `id > after`, oldest first.
     fn history_after(&self, room: &str, after: u64) -> Result<Vec<Stored>>;
-    /// Removes and returns `uid`'s queued messages for `room`, oldest first, dropping expired ones.
-    fn take_offline(&self, uid: &str, room: &str, now_ms: u64) -> Result<Vec<Queued>>;
+    /// `uid`'s unexpired queued messages for `room`, oldest first (nothing is removed).
+    fn queued(&self, uid: &str, room: &str, now_ms: u64) -> Result<Vec<Queued>>;
+    /// Removes the given entries (by `Queued::n`) from `uid`'s queue, once they are delivered.
+    fn dequeue(&self, uid: &str, ns: &[u64]) -> Result<()>;
     /// Number of entries in `offline:{uid}` (all rooms).
     fn offline_len(&self, uid: &str) -> Result<usize>;
     /// `dedupe:{uid}:{cid}` when younger than the dedupe TTL: `(roomid, id)`.

@@ -20,10 +20,7 @@ pub struct SledStore {
 /// Value layouts (all integers big-endian).
 mod val {
     pub fn u64_at(v: &[u8], at: usize) -> u64 {
-        v.get(at..at + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0)
+        v.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0)
     }
 
     /// Queue entry and dedupe record: ts | id | room len (u16) | room | rest.
@@ -47,12 +44,7 @@ mod val {
     pub fn parse_entry(v: &[u8]) -> Option<Entry<'_>> {
         let len = u16::from_be_bytes(v.get(16..18)?.try_into().ok()?) as usize;
         let room = std::str::from_utf8(v.get(18..18 + len)?).ok()?;
-        Some(Entry {
-            ts: u64_at(v, 0),
-            id: u64_at(v, 8),
-            room,
-            rest: &v[18 + len..],
-        })
+        Some(Entry { ts: u64_at(v, 0), id: u64_at(v, 8), room, rest: &v[18 + len..] })
     }
 
     pub fn meta(next: u64, len: u64) -> Vec<u8> {
@@ -71,11 +63,7 @@ impl SledStore {
             .cache_capacity(64 << 20)
             .open()
             .with_context(|| format!("--data: cannot open the store in {}", dir.display()))?;
-        Ok(SledStore {
-            db,
-            bounds,
-            writer: Mutex::new(()),
-        })
+        Ok(SledStore { db, bounds, writer: Mutex::new(()) })
     }
 
     /// The raw tree, for `natter keys`/`get`.
@@ -95,21 +83,12 @@ impl SledStore {
     fn queue_push(&self, batch: &mut sled::Batch, uid: &str, a: &Append) -> Result<()> {
         let (next, mut len) = self.queue_meta(uid)?;
         let entry = val::entry(a.now_ms, a.id, a.room, a.json);
-        batch.insert(
-            Key::Queue {
-                uid: uid.into(),
-                n: next,
-            }
-            .encode(),
-            entry,
-        );
+        batch.insert(Key::Queue { uid: uid.into(), n: next }.encode(), entry);
         len += 1;
         // Drop the oldest entries over the cap, and expired ones at the front.
         for item in self.db.scan_prefix(keys::queue_prefix(uid)) {
             let (k, v) = item?;
-            let expired = val::parse_entry(&v)
-                .map(|e| e.ts + self.bounds.offline_ttl_ms <= a.now_ms)
-                .unwrap_or(true);
+            let expired = val::parse_entry(&v).map(|e| e.ts + self.bounds.offline_ttl_ms <= a.now_ms).unwrap_or(true);
             if len as usize > self.bounds.offline_max || expired {
                 batch.remove(k);
                 len -= 1;
@@ -117,54 +96,61 @@ impl SledStore {
                 break;
             }
         }
-        batch.insert(
-            Key::QueueMeta { uid: uid.into() }.encode(),
-            val::meta(next + 1, len),
-        );
+        batch.insert(Key::QueueMeta { uid: uid.into() }.encode(), val::meta(next + 1, len));
+        Ok(())
+    }
+}
+
+impl SledStore {
+    /// Removes the entries of `uid`'s queue that `keep` rejects, under the writer lock,
+    /// keeping the length bookkeeping exact.
+    fn remove_entries(&self, uid: &str, mut drop_it: impl FnMut(u64, Option<val::Entry>) -> bool) -> Result<()> {
+        let _w = self.writer.lock().unwrap();
+        let (next, mut len) = self.queue_meta(uid)?;
+        let mut b = sled::Batch::default();
+        for item in self.db.scan_prefix(keys::queue_prefix(uid)) {
+            let (k, v) = item?;
+            let n = match Key::decode(&k) {
+                Some(Key::Queue { n, .. }) => n,
+                _ => continue,
+            };
+            if drop_it(n, val::parse_entry(&v)) {
+                b.remove(k);
+                len = len.saturating_sub(1);
+            }
+        }
+        let meta = Key::QueueMeta { uid: uid.into() }.encode();
+        if len == 0 {
+            b.remove(meta);
+        } else {
+            b.insert(meta, val::meta(next, len));
+        }
+        self.db.apply_batch(b)?;
         Ok(())
     }
 }
 
 impl Store for SledStore {
     fn add_member(&self, room: &str, uid: &str) -> Result<bool> {
+        let _w = self.writer.lock().unwrap();
+        let k = Key::Member { room: room.into(), uid: uid.into() }.encode();
+        let new = self.db.get(&k)?.is_none();
         let mut b = sled::Batch::default();
-        b.insert(
-            Key::UserRoom {
-                uid: uid.into(),
-                room: room.into(),
-            }
-            .encode(),
-            &[],
-        );
-        let k = Key::Member {
-            room: room.into(),
-            uid: uid.into(),
-        }
-        .encode();
-        // insert returns the previous value atomically: concurrent joins both land.
-        let new = self.db.insert(k, &[])?.is_none();
+        b.insert(k, &[]);
+        b.insert(Key::UserRoom { uid: uid.into(), room: room.into() }.encode(), &[]);
         self.db.apply_batch(b)?;
         Ok(new)
     }
 
     fn remove_member(&self, room: &str, uid: &str) -> Result<bool> {
-        self.db.remove(
-            Key::UserRoom {
-                uid: uid.into(),
-                room: room.into(),
-            }
-            .encode(),
-        )?;
-        Ok(self
-            .db
-            .remove(
-                Key::Member {
-                    room: room.into(),
-                    uid: uid.into(),
-                }
-                .encode(),
-            )?
-            .is_some())
+        let _w = self.writer.lock().unwrap();
+        let k = Key::Member { room: room.into(), uid: uid.into() }.encode();
+        let existed = self.db.get(&k)?.is_some();
+        let mut b = sled::Batch::default();
+        b.remove(k);
+        b.remove(Key::UserRoom { uid: uid.into(), room: room.into() }.encode());
+        self.db.apply_batch(b)?;
+        Ok(existed)
     }
 
     fn members(&self, room: &str) -> Result<Vec<String>> {
@@ -179,11 +165,7 @@ impl Store for SledStore {
     }
 
     fn set_online(&self, room: &str, uid: &str, conns: u32) -> Result<()> {
-        let k = Key::Online {
-            room: room.into(),
-            uid: uid.into(),
-        }
-        .encode();
+        let k = Key::Online { room: room.into(), uid: uid.into() }.encode();
         if conns == 0 {
             self.db.remove(k)?;
         } else {
@@ -197,10 +179,7 @@ impl Store for SledStore {
         for item in self.db.scan_prefix(keys::online_prefix(room)) {
             let (k, v) = item?;
             if let Some(Key::Online { uid, .. }) = Key::decode(&k) {
-                out.push((
-                    uid,
-                    v.as_ref().try_into().map(u32::from_be_bytes).unwrap_or(0),
-                ));
+                out.push((uid, v.as_ref().try_into().map(u32::from_be_bytes).unwrap_or(0)));
             }
         }
         Ok(out)
@@ -216,43 +195,34 @@ impl Store for SledStore {
     }
 
     fn last_id(&self, room: &str) -> Result<u64> {
-        Ok(self
-            .db
-            .get(Key::Seq { room: room.into() }.encode())?
-            .map(|v| val::u64_at(&v, 0))
-            .unwrap_or(0))
+        let get = |k: Key| -> Result<u64> { Ok(self.db.get(k.encode())?.map(|v| val::u64_at(&v, 0)).unwrap_or(0)) };
+        Ok(get(Key::Seq { room: room.into() })?.max(get(Key::SeqReserved { room: room.into() })?))
+    }
+
+    fn reserve_ids(&self, room: &str, upto: u64) -> Result<()> {
+        self.db.insert(Key::SeqReserved { room: room.into() }.encode(), &upto.to_be_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn release_ids(&self) -> Result<()> {
+        let mut b = sled::Batch::default();
+        for item in self.db.scan_prefix(keys::seq_reserved_all()) {
+            b.remove(item?.0);
+        }
+        self.db.apply_batch(b)?;
+        Ok(())
     }
 
     fn append(&self, a: &Append) -> Result<()> {
         let _w = self.writer.lock().unwrap();
         let mut b = sled::Batch::default();
-        b.insert(
-            Key::Seq {
-                room: a.room.into(),
-            }
-            .encode(),
-            &a.id.to_be_bytes(),
-        );
-        b.insert(
-            Key::History {
-                room: a.room.into(),
-                id: a.id,
-            }
-            .encode(),
-            a.json,
-        );
+        b.insert(Key::Seq { room: a.room.into() }.encode(), &a.id.to_be_bytes());
+        b.insert(Key::History { room: a.room.into(), id: a.id }.encode(), a.json);
         if a.id > self.bounds.history_max as u64 {
             let first_kept = a.id - self.bounds.history_max as u64 + 1;
-            let from = Key::History {
-                room: a.room.into(),
-                id: 0,
-            }
-            .encode();
-            let to = Key::History {
-                room: a.room.into(),
-                id: first_kept,
-            }
-            .encode();
+            let from = Key::History { room: a.room.into(), id: 0 }.encode();
+            let to = Key::History { room: a.room.into(), id: first_kept }.encode();
             for item in self.db.range(from..to) {
                 b.remove(item?.0);
             }
@@ -262,11 +232,7 @@ impl Store for SledStore {
         }
         if let Some((uid, cid)) = a.dedupe {
             b.insert(
-                Key::Dedupe {
-                    uid: uid.into(),
-                    cid: cid.into(),
-                }
-                .encode(),
+                Key::Dedupe { uid: uid.into(), cid: cid.into() }.encode(),
                 val::entry(a.now_ms, a.id, a.room, &[]),
             );
         }
@@ -275,11 +241,7 @@ impl Store for SledStore {
     }
 
     fn history_after(&self, room: &str, after: u64) -> Result<Vec<Stored>> {
-        let from = Key::History {
-            room: room.into(),
-            id: after.saturating_add(1),
-        }
-        .encode();
+        let from = Key::History { room: room.into(), id: after.saturating_add(1) }.encode();
         let prefix = keys::history_prefix(room);
         let mut out = Vec::new();
         for item in self.db.range(from..) {
@@ -288,49 +250,29 @@ impl Store for SledStore {
                 break;
             }
             if let Some(Key::History { id, .. }) = Key::decode(&k) {
-                out.push(Stored {
-                    id,
-                    json: Bytes::copy_from_slice(&v),
-                });
+                out.push(Stored { id, json: Bytes::copy_from_slice(&v) });
             }
         }
         Ok(out)
     }
 
-    fn take_offline(&self, uid: &str, room: &str, now_ms: u64) -> Result<Vec<Queued>> {
-        let _w = self.writer.lock().unwrap();
-        let (next, mut len) = self.queue_meta(uid)?;
-        let mut b = sled::Batch::default();
+    fn queued(&self, uid: &str, room: &str, now_ms: u64) -> Result<Vec<Queued>> {
         let mut out = Vec::new();
         for item in self.db.scan_prefix(keys::queue_prefix(uid)) {
             let (k, v) = item?;
-            let Some(e) = val::parse_entry(&v) else {
-                b.remove(k);
-                len = len.saturating_sub(1);
-                continue;
-            };
-            let expired = e.ts + self.bounds.offline_ttl_ms <= now_ms;
-            if expired || e.room == room {
-                if !expired {
-                    out.push(Queued {
-                        id: e.id,
-                        json: Bytes::copy_from_slice(e.rest),
-                    });
-                }
-                b.remove(k);
-                len = len.saturating_sub(1);
+            let (Some(Key::Queue { n, .. }), Some(e)) = (Key::decode(&k), val::parse_entry(&v)) else { continue };
+            if e.room == room && e.ts + self.bounds.offline_ttl_ms > now_ms {
+                out.push(Queued { n, id: e.id, json: Bytes::copy_from_slice(e.rest) });
             }
         }
-        if len == 0 {
-            b.remove(Key::QueueMeta { uid: uid.into() }.encode());
-        } else {
-            b.insert(
-                Key::QueueMeta { uid: uid.into() }.encode(),
-                val::meta(next, len),
-            );
-        }
-        self.db.apply_batch(b)?;
         Ok(out)
+    }
+
+    fn dequeue(&self, uid: &str, ns: &[u64]) -> Result<()> {
+        if ns.is_empty() {
+            return Ok(());
+        }
+        self.remove_entries(uid, |n, _| ns.binary_search(&n).is_ok())
     }
 
     fn offline_len(&self, uid: &str) -> Result<usize> {
@@ -338,31 +280,25 @@ impl Store for SledStore {
     }
 
     fn dedupe_get(&self, uid: &str, cid: &str, now_ms: u64) -> Result<Option<(String, u64)>> {
-        let v = self.db.get(
-            Key::Dedupe {
-                uid: uid.into(),
-                cid: cid.into(),
-            }
-            .encode(),
-        )?;
-        Ok(v.as_deref().and_then(val::parse_entry).and_then(|e| {
-            (e.ts + self.bounds.dedupe_ttl_ms > now_ms).then(|| (e.room.to_string(), e.id))
-        }))
+        let v = self.db.get(Key::Dedupe { uid: uid.into(), cid: cid.into() }.encode())?;
+        Ok(v.as_deref()
+            .and_then(val::parse_entry)
+            .and_then(|e| (e.ts + self.bounds.dedupe_ttl_ms > now_ms).then(|| (e.room.to_string(), e.id))))
     }
 
     fn expire(&self, now_ms: u64) -> Result<()> {
-        let mut b = sled::Batch::default();
-        for item in self.db.scan_prefix(keys::dedupe_all()) {
-            let (k, v) = item?;
-            if val::parse_entry(&v)
-                .map(|e| e.ts + self.bounds.dedupe_ttl_ms <= now_ms)
-                .unwrap_or(true)
-            {
-                b.remove(k);
+        {
+            // Under the writer lock: a record written by a concurrent append is never swept.
+            let _w = self.writer.lock().unwrap();
+            let mut b = sled::Batch::default();
+            for item in self.db.scan_prefix(keys::dedupe_all()) {
+                let (k, v) = item?;
+                if val::parse_entry(&v).map(|e| e.ts + self.bounds.dedupe_ttl_ms <= now_ms).unwrap_or(true) {
+                    b.remove(k);
+                }
             }
+            self.db.apply_batch(b)?;
         }
-        self.db.apply_batch(b)?;
-        // Queues: taking nothing from a room that cannot exist drops the expired entries.
         let uids: Vec<String> = self
             .db
             .scan_prefix(keys::queue_meta_all())
@@ -372,8 +308,9 @@ impl Store for SledStore {
                 _ => None,
             })
             .collect();
+        let ttl = self.bounds.offline_ttl_ms;
         for uid in uids {
-            self.take_offline(&uid, "", now_ms)?;
+            self.remove_entries(&uid, |_, e| e.map(|e| e.ts + ttl <= now_ms).unwrap_or(true))?;
         }
         Ok(())
     }

@@ -6,34 +6,26 @@ use super::memory::MemoryStore;
 use super::sled_store::SledStore;
 use super::{Append, Bounds, Store};
 
-const B: Bounds = Bounds {
-    history_max: 3,
-    offline_max: 2,
-    offline_ttl_ms: 1_000,
-    dedupe_ttl_ms: 500,
-};
+const B: Bounds = Bounds { history_max: 3, offline_max: 2, offline_ttl_ms: 1_000, dedupe_ttl_ms: 500 };
 
 fn backends() -> Vec<(&'static str, Arc<dyn Store>, Option<tempfile::TempDir>)> {
     let dir = tempfile::tempdir().unwrap();
     let sled = SledStore::open(dir.path(), B).unwrap();
-    vec![
-        ("memory", Arc::new(MemoryStore::new(B)), None),
-        ("sled", Arc::new(sled), Some(dir)),
-    ]
+    vec![("memory", Arc::new(MemoryStore::new(B)), None), ("sled", Arc::new(sled), Some(dir))]
+}
+
+/// Delivers everything queued for `uid` in `room`: read, then dequeue.
+fn take(s: &dyn Store, uid: &str, room: &str, now: u64) -> Vec<u64> {
+    let q = s.queued(uid, room, now).unwrap();
+    let ns: Vec<u64> = q.iter().map(|e| e.n).collect();
+    s.dequeue(uid, &ns).unwrap();
+    q.iter().map(|e| e.id).collect()
 }
 
 fn append(s: &dyn Store, room: &str, id: u64, offline: &[&str], now: u64) {
     let offline: Vec<String> = offline.iter().map(|u| u.to_string()).collect();
     let json = format!("{{\"id\":{id}}}");
-    s.append(&Append {
-        room,
-        id,
-        json: json.as_bytes(),
-        offline: &offline,
-        dedupe: None,
-        now_ms: now,
-    })
-    .unwrap();
+    s.append(&Append { room, id, json: json.as_bytes(), offline: &offline, dedupe: None, now_ms: now }).unwrap();
 }
 
 #[test]
@@ -79,19 +71,9 @@ fn history_is_capped_and_ids_continue() {
             append(&*s, "r", id, &[], 0);
         }
         assert_eq!(s.last_id("r").unwrap(), 5, "{name}");
-        let ids: Vec<u64> = s
-            .history_after("r", 0)
-            .unwrap()
-            .iter()
-            .map(|m| m.id)
-            .collect();
+        let ids: Vec<u64> = s.history_after("r", 0).unwrap().iter().map(|m| m.id).collect();
         assert_eq!(ids, vec![3, 4, 5], "{name}");
-        let ids: Vec<u64> = s
-            .history_after("r", 4)
-            .unwrap()
-            .iter()
-            .map(|m| m.id)
-            .collect();
+        let ids: Vec<u64> = s.history_after("r", 4).unwrap().iter().map(|m| m.id).collect();
         assert_eq!(ids, vec![5], "{name}");
         assert!(s.history_after("r", 5).unwrap().is_empty(), "{name}");
         assert!(s.history_after("other", 0).unwrap().is_empty(), "{name}");
@@ -106,29 +88,14 @@ fn offline_queues_are_per_uid_per_room_capped_and_expire() {
         append(&*s, "r1", 2, &["alice"], 10);
         // cap 2: the oldest (r1#1) was dropped
         assert_eq!(s.offline_len("alice").unwrap(), 2, "{name}");
-        let got: Vec<u64> = s
-            .take_offline("alice", "r1", 20)
-            .unwrap()
-            .iter()
-            .map(|q| q.id)
-            .collect();
+        let got: Vec<u64> = take(&*s, "alice", "r1", 20);
         assert_eq!(got, vec![2], "{name}");
-        assert!(
-            s.take_offline("alice", "r1", 20).unwrap().is_empty(),
-            "{name}"
-        );
+        assert!(take(&*s, "alice", "r1", 20).is_empty(), "{name}");
         assert_eq!(s.offline_len("alice").unwrap(), 1, "{name}");
         // alice2's queue is its own
-        assert_eq!(
-            s.take_offline("alice2", "r1", 20).unwrap().len(),
-            1,
-            "{name}"
-        );
+        assert_eq!(take(&*s, "alice2", "r1", 20).len(), 1, "{name}");
         // TTL 1000 ms: r2#1 (ts 0) is gone at 1000
-        assert!(
-            s.take_offline("alice", "r2", 1_000).unwrap().is_empty(),
-            "{name}"
-        );
+        assert!(take(&*s, "alice", "r2", 1_000).is_empty(), "{name}");
         append(&*s, "r1", 3, &["carol"], 0);
         s.expire(5_000).unwrap();
         assert_eq!(s.offline_len("carol").unwrap(), 0, "{name}");
@@ -138,20 +105,9 @@ fn offline_queues_are_per_uid_per_room_capped_and_expire() {
 #[test]
 fn dedupe_records_expire() {
     for (name, s, _d) in backends() {
-        s.append(&Append {
-            room: "r",
-            id: 1,
-            json: b"{}",
-            offline: &[],
-            dedupe: Some(("u", "c1")),
-            now_ms: 100,
-        })
-        .unwrap();
-        assert_eq!(
-            s.dedupe_get("u", "c1", 200).unwrap(),
-            Some(("r".to_string(), 1)),
-            "{name}"
-        );
+        s.append(&Append { room: "r", id: 1, json: b"{}", offline: &[], dedupe: Some(("u", "c1")), now_ms: 100 })
+            .unwrap();
+        assert_eq!(s.dedupe_get("u", "c1", 200).unwrap(), Some(("r".to_string(), 1)), "{name}");
         assert_eq!(s.dedupe_get("u2", "c1", 200).unwrap(), None, "{name}");
         assert_eq!(s.dedupe_get("u", "c1", 600).unwrap(), None, "{name}");
         s.expire(600).unwrap();
@@ -183,5 +139,39 @@ async fn sled_survives_reopen_after_flush() {
     let s = SledStore::open(dir.path(), B).unwrap();
     assert_eq!(s.last_id("r").unwrap(), 1);
     assert_eq!(s.members("r").unwrap(), vec!["u"]);
-    assert_eq!(s.take_offline("u", "r", crate::now_ms()).unwrap().len(), 1);
+    assert_eq!(take(&s, "u", "r", crate::now_ms()).len(), 1);
+}
+
+#[test]
+fn reserved_ids_raise_last_id() {
+    for (name, s, _d) in backends() {
+        append(&*s, "r", 1, &[], 0);
+        append(&*s, "r", 2, &[], 0);
+        assert_eq!(s.last_id("r").unwrap(), 2, "{name}");
+        s.reserve_ids("r", 100).unwrap();
+        assert_eq!(s.last_id("r").unwrap(), 100, "{name}");
+        append(&*s, "r", 101, &[], 0);
+        s.reserve_ids("r", 2000).unwrap();
+        assert_eq!(s.last_id("r").unwrap(), 2000, "{name}");
+        s.release_ids().unwrap();
+        assert_eq!(s.last_id("r").unwrap(), 101, "{name}: a clean stop leaves no gap");
+        assert_eq!(s.last_id("other").unwrap(), 0, "{name}");
+    }
+}
+
+#[test]
+fn queued_is_a_peek_and_dequeue_removes_only_what_was_delivered() {
+    for (name, s, _d) in backends() {
+        for id in 1..=2 {
+            append(&*s, "r1", id, &["alice"], 0);
+        }
+        let q = s.queued("alice", "r1", 10).unwrap();
+        assert_eq!(q.iter().map(|e| e.id).collect::<Vec<_>>(), vec![1, 2], "{name}");
+        assert_eq!(s.queued("alice", "r1", 10).unwrap().len(), 2, "{name}: a peek removes nothing");
+        s.dequeue("alice", &[q[0].n]).unwrap();
+        let rest: Vec<u64> = s.queued("alice", "r1", 10).unwrap().iter().map(|e| e.id).collect();
+        assert_eq!(rest, vec![2], "{name}");
+        assert_eq!(s.offline_len("alice").unwrap(), 1, "{name}");
+        assert!(s.queued("alice", "r2", 10).unwrap().is_empty(), "{name}");
+    }
 }

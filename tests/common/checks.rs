@@ -9,9 +9,7 @@ use super::now_ms;
 
 /// Asserts the object has exactly these keys.
 pub fn assert_keys(v: &Value, keys: &[&str]) {
-    let obj = v
-        .as_object()
-        .unwrap_or_else(|| panic!("not an object: {v}"));
+    let obj = v.as_object().unwrap_or_else(|| panic!("not an object: {v}"));
     let mut got: Vec<&str> = obj.keys().map(|k| k.as_str()).collect();
     got.sort();
     let mut want: Vec<&str> = keys.to_vec();
@@ -22,20 +20,12 @@ pub fn assert_keys(v: &Value, keys: &[&str]) {
 /// Exact field set of a broadcast `message` (plus `cid`/`offline`/`replay` when present as
 /// expected by the caller) and the value checks that hold for every message.
 pub fn assert_message(v: &Value, extra: &[&str]) {
-    let mut keys = vec![
-        "event", "id", "roomid", "uid", "name", "message", "num", "total", "ts",
-    ];
+    let mut keys = vec!["event", "id", "roomid", "uid", "name", "message", "num", "total", "ts"];
     keys.extend_from_slice(extra);
     assert_keys(v, &keys);
     assert_eq!(v["event"], "message");
-    assert!(
-        v["id"].as_u64().unwrap_or(0) >= 1,
-        "id must be a positive integer: {v}"
-    );
-    assert!(
-        v["num"].is_u64() && v["total"].is_u64(),
-        "num/total must be integers: {v}"
-    );
+    assert!(v["id"].as_u64().unwrap_or(0) >= 1, "id must be a positive integer: {v}");
+    assert!(v["num"].is_u64() && v["total"].is_u64(), "num/total must be integers: {v}");
     assert_ts(v);
     if extra.contains(&"offline") {
         assert_eq!(v["offline"], true, "{v}");
@@ -47,13 +37,8 @@ pub fn assert_message(v: &Value, extra: &[&str]) {
 
 /// `ts` is an integer in milliseconds close to now (within 10 minutes: the machine clock).
 pub fn assert_ts(v: &Value) {
-    let ts = v["ts"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("ts must be an integer: {v}"));
-    assert!(
-        (ts - now_ms()).abs() < 600_000,
-        "ts {ts} is not ms since the epoch near now: {v}"
-    );
+    let ts = v["ts"].as_i64().unwrap_or_else(|| panic!("ts must be an integer: {v}"));
+    assert!((ts - now_ms()).abs() < 600_000, "ts {ts} is not ms since the epoch near now: {v}");
 }
 
 pub fn assert_login(v: &Value, room: &str, uid: &str, name: &str, num: u64, total: u64) {

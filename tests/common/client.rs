@@ -32,10 +32,7 @@ pub struct ConnectOpts {
 
 impl ConnectOpts {
     pub fn v1() -> Self {
-        ConnectOpts {
-            subprotocol: true,
-            ..Default::default()
-        }
+        ConnectOpts { subprotocol: true, ..Default::default() }
     }
 }
 
@@ -84,33 +81,20 @@ impl Client {
     }
 
     /// Connect, returning the HTTP status on a refused upgrade.
-    pub async fn try_connect_with(
-        server: &Server,
-        opts: ConnectOpts,
-    ) -> Result<Client, ConnectError> {
+    pub async fn try_connect_with(server: &Server, opts: ConnectOpts) -> Result<Client, ConnectError> {
         let io = server.connect_io_with(opts.recv_buffer).await;
         let mut url = server.ws_url(opts.path.as_deref().unwrap_or("/ws"));
         if let Some(t) = &opts.query_token {
-            url.push_str(if url.contains('?') {
-                "&token="
-            } else {
-                "?token="
-            });
+            url.push_str(if url.contains('?') { "&token=" } else { "?token=" });
             url.push_str(t);
         }
         let mut req = url.into_client_request().unwrap();
         let h = req.headers_mut();
         if opts.subprotocol {
-            h.insert(
-                "Sec-WebSocket-Protocol",
-                HeaderValue::from_static("natter.v1"),
-            );
+            h.insert("Sec-WebSocket-Protocol", HeaderValue::from_static("natter.v1"));
         }
         if let Some(t) = &opts.bearer {
-            h.insert(
-                "Authorization",
-                HeaderValue::from_str(&format!("Bearer {t}")).unwrap(),
-            );
+            h.insert("Authorization", HeaderValue::from_str(&format!("Bearer {t}")).unwrap());
         }
         if let Some(o) = &opts.origin {
             h.insert("Origin", HeaderValue::from_str(o).unwrap());
@@ -126,17 +110,12 @@ impl Client {
             Err(_) => Err(ConnectError::Other("handshake timeout".into())),
             Ok(Err(WsError::Http(resp))) => Err(ConnectError::Status(
                 resp.status().as_u16(),
-                resp.headers()
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-                    .collect(),
+                resp.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect(),
             )),
             Ok(Err(e)) => Err(ConnectError::Other(e.to_string())),
             Ok(Ok((ws, resp))) => {
-                let protocol = resp
-                    .headers()
-                    .get("Sec-WebSocket-Protocol")
-                    .map(|v| v.to_str().unwrap_or("").to_string());
+                let protocol =
+                    resp.headers().get("Sec-WebSocket-Protocol").map(|v| v.to_str().unwrap_or("").to_string());
                 Ok(Client {
                     ws,
                     uid: None,
@@ -171,10 +150,7 @@ impl Client {
     }
 
     pub async fn send_text(&mut self, text: &str) {
-        self.ws
-            .send(Message::text(text.to_string()))
-            .await
-            .expect("send text");
+        self.ws.send(Message::text(text.to_string())).await.expect("send text");
     }
 
     pub async fn send_json(&mut self, v: &Value) {
@@ -182,21 +158,12 @@ impl Client {
     }
 
     pub async fn send_binary(&mut self, data: &[u8]) {
-        self.ws
-            .send(Message::binary(data.to_vec()))
-            .await
-            .expect("send binary");
+        self.ws.send(Message::binary(data.to_vec())).await.expect("send binary");
     }
 
     /// Send a raw tungstenite frame (masked by tungstenite as a client).
-    pub async fn send_raw_frame(
-        &mut self,
-        frame: tokio_tungstenite::tungstenite::protocol::frame::Frame,
-    ) {
-        self.ws
-            .send(Message::Frame(frame))
-            .await
-            .expect("send frame");
+    pub async fn send_raw_frame(&mut self, frame: tokio_tungstenite::tungstenite::protocol::frame::Frame) {
+        self.ws.send(Message::Frame(frame)).await.expect("send frame");
     }
 
     /// Send without panicking (for floods towards a peer that may close).
@@ -211,14 +178,12 @@ impl Client {
     /// Send `login` and wait for this uid's own `login` broadcast for that room (skipping other
     /// events; panics on `noauth`/`error`).
     pub async fn login(&mut self, room: &str) -> Value {
-        self.send_json(&json!({"event":"login","roomid":room}))
-            .await;
+        self.send_json(&json!({"event":"login","roomid":room})).await;
         self.wait_own_login(room).await
     }
 
     pub async fn login_since(&mut self, room: &str, since: u64) -> Value {
-        self.send_json(&json!({"event":"login","roomid":room,"since":since}))
-            .await;
+        self.send_json(&json!({"event":"login","roomid":room,"since":since})).await;
         self.wait_own_login(room).await
     }
 
@@ -229,13 +194,7 @@ impl Client {
             if ev == "noauth" || ev == "error" {
                 panic!("login to {room:?} answered with {v}");
             }
-            if ev == "login"
-                && v["roomid"] == room
-                && self
-                    .uid
-                    .as_ref()
-                    .map(|u| v["uid"] == u.as_str())
-                    .unwrap_or(true)
+            if ev == "login" && v["roomid"] == room && self.uid.as_ref().map(|u| v["uid"] == u.as_str()).unwrap_or(true)
             {
                 return v;
             }
@@ -244,29 +203,19 @@ impl Client {
 
     /// `{"event":"message","roomid":room,"message":text}`
     pub async fn say(&mut self, room: &str, text: &str) {
-        self.send_json(&json!({"event":"message","roomid":room,"message":text}))
-            .await;
+        self.send_json(&json!({"event":"message","roomid":room,"message":text})).await;
     }
 
     pub async fn say_cid(&mut self, room: &str, text: &str, cid: &str) {
-        self.send_json(&json!({"event":"message","roomid":room,"message":text,"cid":cid}))
-            .await;
+        self.send_json(&json!({"event":"message","roomid":room,"message":text,"cid":cid})).await;
     }
 
     /// Close from our side (1000).
     pub async fn close(&mut self) {
-        let _ = self
-            .ws
-            .close(Some(CloseFrame {
-                code: CloseCode::Normal,
-                reason: "bye".into(),
-            }))
-            .await;
+        let _ = self.ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "bye".into() })).await;
         // drain until the server's close / EOF
-        let _ = tokio::time::timeout(Duration::from_secs(5), async {
-            while let Some(Ok(_)) = self.ws.next().await {}
-        })
-        .await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), async { while let Some(Ok(_)) = self.ws.next().await {} })
+            .await;
         self.closed = true;
     }
 

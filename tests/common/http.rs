@@ -16,14 +16,10 @@ pub struct HttpResponse {
 
 impl HttpResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
     }
 }
 
@@ -56,18 +52,9 @@ pub async fn raw_http(server: &Server, request: &str) -> HttpResponse {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| {
-            l.split_once(':')
-                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        })
-        .collect();
-    let get = |n: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(n))
-            .map(|(_, v)| v.clone())
-    };
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))).collect();
+    let get = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
     let body_bytes: Vec<u8> = if status == 101 || status == 204 || status == 304 {
         vec![]
     } else if let Some(cl) = get("content-length") {
@@ -75,22 +62,14 @@ pub async fn raw_http(server: &Server, request: &str) -> HttpResponse {
         read_until(&mut io, &mut rest, |b| b.len() >= n).await;
         rest.truncate(n);
         rest
-    } else if get("transfer-encoding")
-        .map(|t| t.eq_ignore_ascii_case("chunked"))
-        .unwrap_or(false)
-    {
+    } else if get("transfer-encoding").map(|t| t.eq_ignore_ascii_case("chunked")).unwrap_or(false) {
         read_until(&mut io, &mut rest, |b| find(b, b"0\r\n\r\n").is_some()).await;
         dechunk(&rest)
     } else {
         read_until(&mut io, &mut rest, |_| false).await;
         rest
     };
-    HttpResponse {
-        status,
-        head,
-        headers,
-        body: String::from_utf8_lossy(&body_bytes).into_owned(),
-    }
+    HttpResponse { status, head, headers, body: String::from_utf8_lossy(&body_bytes).into_owned() }
 }
 
 async fn read_until(io: &mut BoxIo, buf: &mut Vec<u8>, done: impl Fn(&[u8]) -> bool) {
@@ -98,10 +77,7 @@ async fn read_until(io: &mut BoxIo, buf: &mut Vec<u8>, done: impl Fn(&[u8]) -> b
     while !done(buf) {
         let mut tmp = [0u8; 8192];
         match tokio::time::timeout_at(deadline, io.read(&mut tmp)).await {
-            Err(_) => panic!(
-                "HTTP body not complete within {RECV_TIMEOUT:?}: {:?}",
-                String::from_utf8_lossy(buf)
-            ),
+            Err(_) => panic!("HTTP body not complete within {RECV_TIMEOUT:?}: {:?}", String::from_utf8_lossy(buf)),
             Ok(Ok(0)) | Ok(Err(_)) => return,
             Ok(Ok(n)) => buf.extend_from_slice(&tmp[..n]),
         }
@@ -115,8 +91,7 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
             return out;
         };
         let size_str = String::from_utf8_lossy(&b[..p]);
-        let size =
-            usize::from_str_radix(size_str.split(';').next().unwrap().trim(), 16).unwrap_or(0);
+        let size = usize::from_str_radix(size_str.split(';').next().unwrap().trim(), 16).unwrap_or(0);
         if size == 0 {
             return out;
         }
@@ -131,14 +106,8 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
 }
 
 pub async fn http_get(server: &Server, path: &str) -> HttpResponse {
-    raw_http(
-        server,
-        &format!(
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
-            server.port
-        ),
-    )
-    .await
+    raw_http(server, &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n", server.port))
+        .await
 }
 
 pub async fn metrics(server: &Server) -> String {
@@ -149,19 +118,17 @@ pub async fn metrics(server: &Server) -> String {
 
 /// Value of the sample `name` (with labels exactly as written, e.g. `natter_closes_total{code="1013"}`).
 pub fn metric_value(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .find_map(|l| {
-            let l = l.trim();
-            let (k, rest) = match l.find('}') {
-                Some(p) => (&l[..=p], &l[p + 1..]),
-                None => l.split_once(char::is_whitespace)?,
-            };
-            if k.trim() != name {
-                return None;
-            }
-            rest.split_whitespace().next()?.parse().ok()
-        })
+    text.lines().filter(|l| !l.trim_start().starts_with('#')).find_map(|l| {
+        let l = l.trim();
+        let (k, rest) = match l.find('}') {
+            Some(p) => (&l[..=p], &l[p + 1..]),
+            None => l.split_once(char::is_whitespace)?,
+        };
+        if k.trim() != name {
+            return None;
+        }
+        rest.split_whitespace().next()?.parse().ok()
+    })
 }
 
 pub async fn healthz(server: &Server) -> Value {
@@ -181,15 +148,9 @@ pub async fn read_head(io: &mut BoxIo) -> (String, Vec<u8>) {
         }
         let mut tmp = [0u8; 8192];
         match tokio::time::timeout_at(deadline, io.read(&mut tmp)).await {
-            Err(_) => panic!(
-                "no HTTP response head within {RECV_TIMEOUT:?}; got {:?}",
-                String::from_utf8_lossy(&buf)
-            ),
+            Err(_) => panic!("no HTTP response head within {RECV_TIMEOUT:?}; got {:?}", String::from_utf8_lossy(&buf)),
             Ok(Ok(0)) | Ok(Err(_)) => {
-                panic!(
-                    "connection closed before the HTTP response head; got {:?}",
-                    String::from_utf8_lossy(&buf)
-                )
+                panic!("connection closed before the HTTP response head; got {:?}", String::from_utf8_lossy(&buf))
             }
             Ok(Ok(n)) => buf.extend_from_slice(&tmp[..n]),
         }

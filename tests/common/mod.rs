@@ -40,14 +40,8 @@ mod tokens;
 pub use {
     checks::{assert_keys, assert_login, assert_logout, assert_message, assert_ts, wait_for},
     client::{is_heartbeat_ping, Client, ConnectError, ConnectOpts, Incoming},
-    http::{
-        healthz, http_get, metric_value, metrics, raw_http, read_head, upgrade_request,
-        HttpResponse,
-    },
-    raw::{
-        encode_frame, RawFrame, RawWs, MASK, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG,
-        OP_TEXT,
-    },
+    http::{healthz, http_get, metric_value, metrics, raw_http, read_head, upgrade_request, HttpResponse},
+    raw::{encode_frame, RawFrame, RawWs, MASK, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT},
     server::{run_natter, Server, ServerOpts},
     tls::{generate_tls, tls_client_config, TlsFiles},
     tokens::{alg_none_token, b64url, token, token_claims},
@@ -64,17 +58,11 @@ pub fn natter_bin() -> &'static str {
 }
 
 pub fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
 pub fn secs(s: f64) -> Duration {

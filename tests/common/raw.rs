@@ -16,13 +16,7 @@ pub const OP_PING: u8 = 0x9;
 pub const OP_PONG: u8 = 0xA;
 
 /// Encode one frame. `rsv` holds the three RSV bits in its low bits (RSV1 = 0b100).
-pub fn encode_frame(
-    fin: bool,
-    rsv: u8,
-    opcode: u8,
-    payload: &[u8],
-    mask: Option<[u8; 4]>,
-) -> Vec<u8> {
+pub fn encode_frame(fin: bool, rsv: u8, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 14);
     out.push(((fin as u8) << 7) | ((rsv & 7) << 4) | (opcode & 0x0f));
     let m = if mask.is_some() { 0x80 } else { 0 };
@@ -80,38 +74,27 @@ impl RawWs {
 
     pub async fn connect_with(server: &Server, path: &str, extra: &[&str]) -> RawWs {
         let mut io = server.connect_io().await;
-        io.write_all(upgrade_request(server, path, extra).as_bytes())
-            .await
-            .unwrap();
+        io.write_all(upgrade_request(server, path, extra).as_bytes()).await.unwrap();
         let (head, rest) = read_head(&mut io).await;
         assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
         assert!(
-            head.to_ascii_lowercase()
-                .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+            head.to_ascii_lowercase().contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
             "bad Sec-WebSocket-Accept in {head}"
         );
-        RawWs {
-            io,
-            buf: rest,
-            response_head: head,
-        }
+        RawWs { io, buf: rest, response_head: head }
     }
 
     /// Connect, `auth` as uid, `login` to room and consume the own login broadcast.
     pub async fn connect_as(server: &Server, uid: &str, room: &str) -> RawWs {
         let mut r = Self::connect(server).await;
-        r.send_json(&json!({"event":"auth","message":token(uid, None, 3600)}))
-            .await;
+        r.send_json(&json!({"event":"auth","message":token(uid, None, 3600)})).await;
         r.send_json(&json!({"event":"login","roomid":room})).await;
         loop {
             let v = r.recv_json().await;
             if v["event"] == "login" && v["uid"] == uid {
                 break;
             }
-            assert!(
-                v["event"] != "noauth" && v["event"] != "error",
-                "raw login failed: {v}"
-            );
+            assert!(v["event"] != "noauth" && v["event"] != "error", "raw login failed: {v}");
         }
         r
     }
@@ -171,18 +154,14 @@ impl RawWs {
                 Ok(Some(f)) => match f.opcode {
                     OP_TEXT => {
                         assert!(f.fin, "natter sent a fragmented text message");
-                        let v: Value =
-                            serde_json::from_slice(&f.payload).expect("server sent invalid JSON");
+                        let v: Value = serde_json::from_slice(&f.payload).expect("server sent invalid JSON");
                         if is_heartbeat_ping(&v) {
                             continue;
                         }
                         return v;
                     }
                     OP_PING | OP_PONG => continue,
-                    OP_CLOSE => panic!(
-                        "raw: closed with {:?} while waiting for JSON",
-                        f.close_code()
-                    ),
+                    OP_CLOSE => panic!("raw: closed with {:?} while waiting for JSON", f.close_code()),
                     op => panic!("raw: unexpected opcode {op}"),
                 },
             }
@@ -258,13 +237,5 @@ fn parse_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
             *b ^= k[i % 4];
         }
     }
-    Some((
-        RawFrame {
-            fin,
-            rsv,
-            opcode,
-            payload,
-        },
-        pos + len,
-    ))
+    Some((RawFrame { fin, rsv, opcode, payload }, pos + len))
 }

@@ -24,13 +24,7 @@ pub struct ServerOpts {
 
 impl Default for ServerOpts {
     fn default() -> Self {
-        ServerOpts {
-            secret: SECRET.to_string(),
-            args: vec![],
-            tls: false,
-            data_dir: None,
-            port: None,
-        }
+        ServerOpts { secret: SECRET.to_string(), args: vec![], tls: false, data_dir: None, port: None }
     }
 }
 
@@ -76,19 +70,9 @@ pub struct Server {
 
 impl Server {
     pub async fn start(opts: ServerOpts) -> Server {
-        let tmp = tempfile::Builder::new()
-            .prefix("natter-test-")
-            .tempdir()
-            .unwrap();
-        let data_dir = opts
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| tmp.path().join("data"));
-        let tls = if opts.tls {
-            Some(generate_tls(tmp.path()))
-        } else {
-            None
-        };
+        let tmp = tempfile::Builder::new().prefix("natter-test-").tempdir().unwrap();
+        let data_dir = opts.data_dir.clone().unwrap_or_else(|| tmp.path().join("data"));
+        let tls = if opts.tls { Some(generate_tls(tmp.path())) } else { None };
         let tls_config = tls.as_ref().map(|t| tls_client_config(&t.ca_der));
         let stderr_path = tmp.path().join("stderr.log");
         let mut s = Server {
@@ -133,21 +117,14 @@ impl Server {
             .arg("--jwt-secret")
             .arg(&self.opts.secret);
         if let Some(t) = &self.tls {
-            cmd.arg("--cert")
-                .arg(&t.cert_path)
-                .arg("--key")
-                .arg(&t.key_path);
+            cmd.arg("--cert").arg(&t.cert_path).arg("--key").arg(&t.key_path);
         }
         cmd.args(&self.opts.args);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped());
         if std::env::var("NATTER_TEST_STDERR").as_deref() == Ok("inherit") {
             cmd.stderr(Stdio::inherit());
         } else {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.stderr_path)
-                .unwrap();
+            let f = std::fs::OpenOptions::new().create(true).append(true).open(&self.stderr_path).unwrap();
             cmd.stderr(Stdio::from(f));
         }
         cmd
@@ -169,10 +146,7 @@ impl Server {
                 }
             }
         }
-        panic!(
-            "natter did not start: {last_err}\n--- server stderr ---\n{}",
-            self.stderr()
-        );
+        panic!("natter did not start: {last_err}\n--- server stderr ---\n{}", self.stderr());
     }
 
     async fn try_spawn(&mut self) -> Result<(), String> {
@@ -192,9 +166,7 @@ impl Server {
             Ok(Ok(Some(l))) => l,
             Ok(_) => {
                 let st = child.wait().ok();
-                return Err(format!(
-                    "stdout closed before the listening line (exit: {st:?})"
-                ));
+                return Err(format!("stdout closed before the listening line (exit: {st:?})"));
             }
             Err(_) => {
                 let _ = child.kill();
@@ -211,15 +183,8 @@ impl Server {
                 return Err(format!("unexpected first stdout line: {line:?}"));
             }
         };
-        let expected_scheme = if self.tls.is_some() {
-            "wss://"
-        } else {
-            "ws://"
-        };
-        assert!(
-            url.starts_with(expected_scheme),
-            "listening url {url:?} should start with {expected_scheme}"
-        );
+        let expected_scheme = if self.tls.is_some() { "wss://" } else { "ws://" };
+        assert!(url.starts_with(expected_scheme), "listening url {url:?} should start with {expected_scheme}");
         let port: u16 = url
             .rsplit(':')
             .next()
@@ -246,11 +211,7 @@ impl Server {
     /// SIGTERM (the child stays owned; use [`Server::wait_exit`]).
     pub fn terminate(&self) {
         let pid = self.pid();
-        let st = Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .expect("run kill");
+        let st = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().expect("run kill");
         assert!(st.success(), "kill -TERM {pid} failed");
     }
 
@@ -264,10 +225,7 @@ impl Server {
                 return st;
             }
             if Instant::now() > deadline {
-                panic!(
-                    "natter did not exit within {timeout:?}\n--- server stderr ---\n{}",
-                    self.stderr()
-                );
+                panic!("natter did not exit within {timeout:?}\n--- server stderr ---\n{}", self.stderr());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -277,11 +235,7 @@ impl Server {
     pub async fn stop(&mut self) {
         self.terminate();
         let st = self.wait_exit(Duration::from_secs(15)).await;
-        assert!(
-            st.success(),
-            "natter exited with {st:?} after SIGTERM\n{}",
-            self.stderr()
-        );
+        assert!(st.success(), "natter exited with {st:?} after SIGTERM\n{}", self.stderr());
     }
 
     /// Start again on the same data dir and the same port (kills a still-running child first).
@@ -372,9 +326,5 @@ pub fn run_natter(args: &[&str]) -> (ExitStatus, String, String) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = child.wait_with_output().unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }

@@ -18,22 +18,13 @@ pub fn token(uid: &str, name: Option<&str>, ttl_secs: i64) -> String {
 /// HS256 token with arbitrary claims and secret.
 pub fn token_claims(secret: &str, claims: &Value) -> String {
     use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-    encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("encode jwt")
+    encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret.as_bytes())).expect("encode jwt")
 }
 
 /// Unsigned token with header `{"alg":"none"}` (must be refused).
 pub fn alg_none_token(uid: &str) -> String {
     let header = b64url(br#"{"alg":"none","typ":"JWT"}"#);
-    let claims = b64url(
-        json!({ "sub": uid, "exp": now_secs() + 3600 })
-            .to_string()
-            .as_bytes(),
-    );
+    let claims = b64url(json!({ "sub": uid, "exp": now_secs() + 3600 }).to_string().as_bytes());
     format!("{header}.{claims}.")
 }
 
@@ -41,11 +32,7 @@ pub fn b64url(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
         let n = ((b[0] as u32) << 16) | ((b[1] as u32) << 8) | b[2] as u32;
         out.push(T[(n >> 18) as usize & 63] as char);
         out.push(T[(n >> 12) as usize & 63] as char);

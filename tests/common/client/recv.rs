@@ -40,10 +40,7 @@ impl Client {
                                 if self.auto_heartbeat {
                                     let _ = self
                                         .ws
-                                        .send(Message::text(
-                                            json!({"event":"heartbeat","message":"pong"})
-                                                .to_string(),
-                                        ))
+                                        .send(Message::text(json!({"event":"heartbeat","message":"pong"}).to_string()))
                                         .await;
                                     continue;
                                 }
@@ -62,9 +59,7 @@ impl Client {
                 Some(Ok(Message::Close(cf))) => {
                     self.closed = true;
                     return match cf {
-                        Some(f) => {
-                            Incoming::Close(Some(u16::from(f.code)), f.reason.as_str().to_string())
-                        }
+                        Some(f) => Incoming::Close(Some(u16::from(f.code)), f.reason.as_str().to_string()),
                         None => Incoming::Close(None, String::new()),
                     };
                 }
@@ -80,10 +75,7 @@ impl Client {
     pub async fn recv_json_within(&mut self, dur: Duration) -> Value {
         match self.recv(dur).await {
             Incoming::Json(v) => v,
-            other => panic!(
-                "uid {:?}: expected a JSON event within {dur:?}, got {other:?}",
-                self.uid
-            ),
+            other => panic!("uid {:?}: expected a JSON event within {dur:?}, got {other:?}", self.uid),
         }
     }
 
@@ -92,10 +84,7 @@ impl Client {
         match self.recv(dur).await {
             Incoming::Json(v) => Some(v),
             Incoming::Timeout => None,
-            other => panic!(
-                "uid {:?}: expected JSON or nothing, got {other:?}",
-                self.uid
-            ),
+            other => panic!("uid {:?}: expected JSON or nothing, got {other:?}", self.uid),
         }
     }
 
@@ -118,10 +107,7 @@ impl Client {
         assert_eq!(v["event"], "error", "expected error {code}, got {v}");
         assert_eq!(v["code"], code, "expected error {code}, got {v}");
         assert_keys(&v, &["event", "code", "message"]);
-        assert!(
-            v["message"].is_string(),
-            "error message must be a string: {v}"
-        );
+        assert!(v["message"].is_string(), "error message must be a string: {v}");
         v
     }
 
@@ -130,20 +116,14 @@ impl Client {
         let v = self.recv_json().await;
         assert_eq!(v["event"], "noauth", "expected noauth, got {v}");
         assert_keys(&v, &["event", "message"]);
-        v["message"]
-            .as_str()
-            .expect("noauth message string")
-            .to_string()
+        v["message"].as_str().expect("noauth message string").to_string()
     }
 
     /// Asserts nothing (except hidden heartbeats) arrives within `dur`.
     pub async fn expect_silence(&mut self, dur: Duration) {
         match self.recv(dur).await {
             Incoming::Timeout => {}
-            other => panic!(
-                "uid {:?}: expected nothing within {dur:?}, got {other:?}",
-                self.uid
-            ),
+            other => panic!("uid {:?}: expected nothing within {dur:?}, got {other:?}", self.uid),
         }
     }
 
