@@ -220,12 +220,12 @@ impl Hub {
         let queued = self.store.queued(uid, roomid, crate::now_ms())?;
         let mut done = Vec::with_capacity(queued.len());
         for q in queued {
-            let seen_before = since.is_some_and(|k| q.id <= k);
-            let replayed_now = q.id >= replayed.0 && q.id <= replayed.1;
-            if !(seen_before || replayed_now)
-                && !self.send_one(conn, wire::text(&protocol::with_mark(&q.json, Mark::Offline)))
-            {
-                break;
+            let covered = since.is_some_and(|k| q.id <= k) || (q.id >= replayed.0 && q.id <= replayed.1);
+            if !covered {
+                let frame = wire::text(&protocol::with_mark(&q.json, Mark::Offline));
+                if !self.send_one(conn, frame) {
+                    break;
+                }
             }
             done.push(q.n);
         }
