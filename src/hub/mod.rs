@@ -336,20 +336,17 @@ impl Hub {
             ts: now,
             cid,
         });
-        let offline: Vec<String> = st.offline.iter().cloned().collect();
-        self.store.append(&Append {
-            room: roomid,
-            id,
-            json: &json,
-            offline: &offline,
-            dedupe: cid.map(|c| (who.uid, c)),
-            now_ms: now,
-        })?;
+        let queued_for = {
+            let offline: Vec<&str> = st.offline.iter().map(String::as_str).collect();
+            let dedupe = cid.map(|c| (who.uid, c));
+            self.store.append(&Append { room: roomid, id, json: &json, offline: &offline, dedupe, now_ms: now })?;
+            offline.len() as u64
+        };
         st.last_id = id;
         st.fan_out(&wire::text(&json), &self.metrics);
         drop(st);
         self.metrics.messages_in.inc();
-        self.metrics.offline_writes.add(offline.len() as u64);
+        self.metrics.offline_writes.add(queued_for);
         if let Some(c) = cid {
             self.commit.after_flush(conn.outbox.clone(), wire::text(&protocol::ack(c, id, roomid)));
         }

@@ -19,8 +19,6 @@ pub enum Key {
     SeqReserved { room: String },
     /// `room:{room}:history` list entry, by message id.
     History { room: String, id: u64 },
-    /// `offline:{uid}` list bookkeeping: next entry number and length.
-    QueueMeta { uid: String },
     /// `offline:{uid}` list entry, by entry number.
     Queue { uid: String, n: u64 },
     /// `dedupe:{uid}:{cid}` string.
@@ -33,7 +31,6 @@ const ONLINE: u8 = b'p';
 const SEQ: u8 = b's';
 const SEQ_RESERVED: u8 = b'r';
 const HISTORY: u8 = b'h';
-const QUEUE_META: u8 = b'q';
 const QUEUE: u8 = b'o';
 const DEDUPE: u8 = b'd';
 
@@ -82,8 +79,15 @@ pub fn history_prefix(room: &str) -> Vec<u8> {
 pub fn queue_prefix(uid: &str) -> Vec<u8> {
     KeyBuf::new(QUEUE).str(uid).into_vec()
 }
-pub fn queue_meta_all() -> Vec<u8> {
-    vec![QUEUE_META]
+pub fn queue_all() -> Vec<u8> {
+    vec![QUEUE]
+}
+/// `offline:{uid}` entry `n`, without building a `Key` (the hot path of a publish).
+pub fn queue_key(uid: &str, n: u64) -> Vec<u8> {
+    KeyBuf::new(QUEUE).str(uid).num(n).into_vec()
+}
+pub fn history_key(room: &str, id: u64) -> Vec<u8> {
+    KeyBuf::new(HISTORY).str(room).num(id).into_vec()
 }
 pub fn dedupe_all() -> Vec<u8> {
     vec![DEDUPE]
@@ -98,7 +102,6 @@ impl Key {
             Key::Seq { room } => KeyBuf::new(SEQ).str(room),
             Key::SeqReserved { room } => KeyBuf::new(SEQ_RESERVED).str(room),
             Key::History { room, id } => KeyBuf::new(HISTORY).str(room).num(*id),
-            Key::QueueMeta { uid } => KeyBuf::new(QUEUE_META).str(uid),
             Key::Queue { uid, n } => KeyBuf::new(QUEUE).str(uid).num(*n),
             Key::Dedupe { uid, cid } => KeyBuf::new(DEDUPE).str(uid).str(cid),
         }
@@ -123,7 +126,6 @@ impl Key {
                 let room = s()?;
                 Key::History { room, id: u64::from_be_bytes(rest.try_into().ok()?) }
             }
-            QUEUE_META => Key::QueueMeta { uid: s()? },
             QUEUE => {
                 let uid = s()?;
                 Key::Queue { uid, n: u64::from_be_bytes(rest.try_into().ok()?) }
@@ -142,7 +144,7 @@ impl Key {
             Key::Online { room, .. } => format!("room:{room}:online"),
             Key::Seq { room } | Key::SeqReserved { room } => format!("room:{room}:seq"),
             Key::History { room, .. } => format!("room:{room}:history"),
-            Key::QueueMeta { uid } | Key::Queue { uid, .. } => format!("offline:{uid}"),
+            Key::Queue { uid, .. } => format!("offline:{uid}"),
             Key::Dedupe { uid, cid } => format!("dedupe:{uid}:{cid}"),
         }
     }

@@ -105,10 +105,10 @@ impl Store for MemoryStore {
             h.pop_front();
         }
         for uid in a.offline {
-            let next = d.next_n.entry(uid.clone()).or_insert(0);
+            let next = d.next_n.entry(uid.to_string()).or_insert(0);
             let n = *next;
             *next += 1;
-            let q = d.queues.entry(uid.clone()).or_default();
+            let q = d.queues.entry(uid.to_string()).or_default();
             q.push_back(Entry { n, ts: a.now_ms, room: a.room.into(), id: a.id, json: Bytes::copy_from_slice(a.json) });
             while q.len() > self.bounds.offline_max
                 || q.front().is_some_and(|e| e.ts + self.bounds.offline_ttl_ms <= a.now_ms)

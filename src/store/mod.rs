@@ -38,7 +38,7 @@ pub struct Append<'a> {
     pub id: u64,
     pub json: &'a [u8],
     /// Members with no live connection in the room: each gets the message queued.
-    pub offline: &'a [String],
+    pub offline: &'a [&'a str],
     /// `(uid, cid)` to remember for dedupe, with the id.
     pub dedupe: Option<(&'a str, &'a str)>,
     pub now_ms: u64,

@@ -1,6 +1,7 @@
 //! The embedded backend: one sled tree, keys laid out by `keys`, multi-key updates applied as
 //! one atomic batch, read-modify-write of queues under one writer lock.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -13,9 +14,25 @@ use super::{Append, Bounds, FlushFuture, Queued, Result, Store, Stored};
 pub struct SledStore {
     db: sled::Db,
     bounds: Bounds,
-    /// Serialises read-modify-write of queue bookkeeping; plain inserts need no lock.
-    writer: Mutex<()>,
+    /// Serialises every read-modify-write (queues, membership, dedupe sweep), and holds the
+    /// queue bookkeeping that makes a queue push a point operation instead of a scan.
+    writer: Mutex<Queues>,
 }
+
+/// Where a uid's queue starts and ends; loaded from disk on first use, then kept in step with
+/// every change (all made under the writer lock).
+#[derive(Clone, Copy, Debug)]
+struct QueueState {
+    /// No entry below this number exists (entries at or above it may have been dequeued).
+    head: u64,
+    /// The number the next entry gets.
+    next: u64,
+    /// Entries present.
+    len: u64,
+}
+
+#[derive(Default)]
+struct Queues(HashMap<String, QueueState>);
 
 /// Value layouts (all integers big-endian).
 mod val {
@@ -46,15 +63,13 @@ mod val {
         let room = std::str::from_utf8(v.get(18..18 + len)?).ok()?;
         Some(Entry { ts: u64_at(v, 0), id: u64_at(v, 8), room, rest: &v[18 + len..] })
     }
-
-    pub fn meta(next: u64, len: u64) -> Vec<u8> {
-        let mut v = next.to_be_bytes().to_vec();
-        v.extend_from_slice(&len.to_be_bytes());
-        v
-    }
 }
 
 pub use val::{parse_entry, Entry};
+
+/// Every this many ids, a publish also range-trims the history (catching entries left below
+/// the window by a lowered `--history-max`); otherwise it removes one entry by key.
+const HISTORY_SWEEP_EVERY: u64 = 256;
 
 impl SledStore {
     pub fn open(dir: &Path, bounds: Bounds) -> Result<Self> {
@@ -63,7 +78,7 @@ impl SledStore {
             .cache_capacity(64 << 20)
             .open()
             .with_context(|| format!("--data: cannot open the store in {}", dir.display()))?;
-        Ok(SledStore { db, bounds, writer: Mutex::new(()) })
+        Ok(SledStore { db, bounds, writer: Mutex::new(Queues::default()) })
     }
 
     /// The raw tree, for `natter keys`/`get`.
@@ -71,68 +86,85 @@ impl SledStore {
         &self.db
     }
 
-    fn queue_meta(&self, uid: &str) -> Result<(u64, u64)> {
-        let k = Key::QueueMeta { uid: uid.into() }.encode();
-        Ok(match self.db.get(k)? {
-            Some(v) => (val::u64_at(&v, 0), val::u64_at(&v, 8)),
-            None => (0, 0),
-        })
+    fn writer(&self) -> std::sync::MutexGuard<'_, Queues> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds the pushes of one queue entry (and the trims it causes) to `batch`.
-    fn queue_push(&self, batch: &mut sled::Batch, uid: &str, a: &Append) -> Result<()> {
-        let (next, mut len) = self.queue_meta(uid)?;
-        let entry = val::entry(a.now_ms, a.id, a.room, a.json);
-        batch.insert(Key::Queue { uid: uid.into(), n: next }.encode(), entry);
-        len += 1;
-        // Drop the oldest entries over the cap, and expired ones at the front.
-        for item in self.db.scan_prefix(keys::queue_prefix(uid)) {
-            let (k, v) = item?;
-            let expired = val::parse_entry(&v).map(|e| e.ts + self.bounds.offline_ttl_ms <= a.now_ms).unwrap_or(true);
-            if len as usize > self.bounds.offline_max || expired {
-                batch.remove(k);
-                len -= 1;
-            } else {
-                break;
+    fn expired(&self, v: &[u8], now_ms: u64) -> bool {
+        val::parse_entry(v).map(|e| e.ts + self.bounds.offline_ttl_ms <= now_ms).unwrap_or(true)
+    }
+
+    /// `uid`'s queue bookkeeping, read from disk (one scan) the first time.
+    fn queue_state<'q>(&self, queues: &'q mut Queues, uid: &str) -> Result<&'q mut QueueState> {
+        if !queues.0.contains_key(uid) {
+            let mut st = QueueState { head: 0, next: 0, len: 0 };
+            for item in self.db.scan_prefix(keys::queue_prefix(uid)) {
+                if let Some(Key::Queue { n, .. }) = Key::decode(&item?.0) {
+                    if st.len == 0 {
+                        st.head = n;
+                    }
+                    st.next = n + 1;
+                    st.len += 1;
+                }
+            }
+            queues.0.insert(uid.to_string(), st);
+        }
+        Ok(queues.0.get_mut(uid).expect("just inserted"))
+    }
+
+    /// Adds one queue entry to `batch`, and the removals it causes: expired entries at the head,
+    /// and the oldest entries over the cap. Point reads only: no scan on the publish path.
+    fn queue_push(&self, batch: &mut sled::Batch, q: &mut QueueState, uid: &str, a: &Append) -> Result<()> {
+        let new = q.next;
+        batch.insert(keys::queue_key(uid, new), val::entry(a.now_ms, a.id, a.room, a.json));
+        q.next += 1;
+        q.len += 1;
+        while q.head < new {
+            let k = keys::queue_key(uid, q.head);
+            match self.db.get(&k)? {
+                // dequeued earlier: a hole
+                None => q.head += 1,
+                Some(v) if q.len as usize > self.bounds.offline_max || self.expired(&v, a.now_ms) => {
+                    batch.remove(k);
+                    q.len -= 1;
+                    q.head += 1;
+                }
+                Some(_) => break,
             }
         }
-        batch.insert(Key::QueueMeta { uid: uid.into() }.encode(), val::meta(next + 1, len));
         Ok(())
     }
-}
 
-impl SledStore {
-    /// Removes the entries of `uid`'s queue that `keep` rejects, under the writer lock,
-    /// keeping the length bookkeeping exact.
-    fn remove_entries(&self, uid: &str, mut drop_it: impl FnMut(u64, Option<val::Entry>) -> bool) -> Result<()> {
-        let _w = self.writer.lock().unwrap();
-        let (next, mut len) = self.queue_meta(uid)?;
+    /// Removes the entries of `uid`'s queue that `drop_it` picks, keeping the bookkeeping exact.
+    fn remove_entries(&self, uid: &str, mut drop_it: impl FnMut(u64, &[u8]) -> bool) -> Result<()> {
+        let mut queues = self.writer();
         let mut b = sled::Batch::default();
+        let mut removed = 0;
         for item in self.db.scan_prefix(keys::queue_prefix(uid)) {
             let (k, v) = item?;
-            let n = match Key::decode(&k) {
-                Some(Key::Queue { n, .. }) => n,
-                _ => continue,
-            };
-            if drop_it(n, val::parse_entry(&v)) {
-                b.remove(k);
-                len = len.saturating_sub(1);
+            if let Some(Key::Queue { n, .. }) = Key::decode(&k) {
+                if drop_it(n, &v) {
+                    b.remove(k);
+                    removed += 1;
+                }
             }
         }
-        let meta = Key::QueueMeta { uid: uid.into() }.encode();
-        if len == 0 {
-            b.remove(meta);
-        } else {
-            b.insert(meta, val::meta(next, len));
+        if removed == 0 {
+            return Ok(());
         }
         self.db.apply_batch(b)?;
+        let q = self.queue_state(&mut queues, uid)?;
+        q.len = q.len.saturating_sub(removed);
+        if q.len == 0 {
+            queues.0.remove(uid);
+        }
         Ok(())
     }
 }
 
 impl Store for SledStore {
     fn add_member(&self, room: &str, uid: &str) -> Result<bool> {
-        let _w = self.writer.lock().unwrap();
+        let _w = self.writer();
         let k = Key::Member { room: room.into(), uid: uid.into() }.encode();
         let new = self.db.get(&k)?.is_none();
         let mut b = sled::Batch::default();
@@ -143,7 +175,7 @@ impl Store for SledStore {
     }
 
     fn remove_member(&self, room: &str, uid: &str) -> Result<bool> {
-        let _w = self.writer.lock().unwrap();
+        let _w = self.writer();
         let k = Key::Member { room: room.into(), uid: uid.into() }.encode();
         let existed = self.db.get(&k)?.is_some();
         let mut b = sled::Batch::default();
@@ -215,20 +247,27 @@ impl Store for SledStore {
     }
 
     fn append(&self, a: &Append) -> Result<()> {
-        let _w = self.writer.lock().unwrap();
+        let mut queues = self.writer();
         let mut b = sled::Batch::default();
         b.insert(Key::Seq { room: a.room.into() }.encode(), &a.id.to_be_bytes());
-        b.insert(Key::History { room: a.room.into(), id: a.id }.encode(), a.json);
-        if a.id > self.bounds.history_max as u64 {
-            let first_kept = a.id - self.bounds.history_max as u64 + 1;
-            let from = Key::History { room: a.room.into(), id: 0 }.encode();
-            let to = Key::History { room: a.room.into(), id: first_kept }.encode();
-            for item in self.db.range(from..to) {
-                b.remove(item?.0);
+        b.insert(keys::history_key(a.room, a.id), a.json);
+        let max = self.bounds.history_max as u64;
+        if a.id > max {
+            if a.id.is_multiple_of(HISTORY_SWEEP_EVERY) {
+                let from = keys::history_key(a.room, 0);
+                for item in self.db.range(from..keys::history_key(a.room, a.id - max + 1)) {
+                    b.remove(item?.0);
+                }
+            } else {
+                b.remove(keys::history_key(a.room, a.id - max));
             }
         }
+        // Bookkeeping changes on copies, kept only once the batch is applied.
+        let mut updated = Vec::with_capacity(a.offline.len());
         for uid in a.offline {
-            self.queue_push(&mut b, uid, a)?;
+            let mut q = *self.queue_state(&mut queues, uid)?;
+            self.queue_push(&mut b, &mut q, uid, a)?;
+            updated.push((*uid, q));
         }
         if let Some((uid, cid)) = a.dedupe {
             b.insert(
@@ -237,6 +276,9 @@ impl Store for SledStore {
             );
         }
         self.db.apply_batch(b)?;
+        for (uid, q) in updated {
+            queues.0.insert(uid.to_string(), q);
+        }
         Ok(())
     }
 
@@ -276,7 +318,8 @@ impl Store for SledStore {
     }
 
     fn offline_len(&self, uid: &str) -> Result<usize> {
-        Ok(self.queue_meta(uid)?.1 as usize)
+        let mut queues = self.writer();
+        Ok(self.queue_state(&mut queues, uid)?.len as usize)
     }
 
     fn dedupe_get(&self, uid: &str, cid: &str, now_ms: u64) -> Result<Option<(String, u64)>> {
@@ -289,7 +332,7 @@ impl Store for SledStore {
     fn expire(&self, now_ms: u64) -> Result<()> {
         {
             // Under the writer lock: a record written by a concurrent append is never swept.
-            let _w = self.writer.lock().unwrap();
+            let _w = self.writer();
             let mut b = sled::Batch::default();
             for item in self.db.scan_prefix(keys::dedupe_all()) {
                 let (k, v) = item?;
@@ -299,18 +342,18 @@ impl Store for SledStore {
             }
             self.db.apply_batch(b)?;
         }
-        let uids: Vec<String> = self
-            .db
-            .scan_prefix(keys::queue_meta_all())
-            .filter_map(|i| i.ok())
-            .filter_map(|(k, _)| match Key::decode(&k) {
-                Some(Key::QueueMeta { uid }) => Some(uid),
-                _ => None,
-            })
-            .collect();
-        let ttl = self.bounds.offline_ttl_ms;
-        for uid in uids {
-            self.remove_entries(&uid, |_, e| e.map(|e| e.ts + ttl <= now_ms).unwrap_or(true))?;
+        // Queues: one seek per uid, skipping to the next uid at its first live entry.
+        let mut from = keys::queue_all();
+        loop {
+            let Some(item) = self.db.range(from.clone()..).next() else { break };
+            let (k, v) = item?;
+            let Some(Key::Queue { uid, .. }) = Key::decode(&k) else { break };
+            if self.expired(&v, now_ms) {
+                self.remove_entries(&uid, |_, v| self.expired(v, now_ms))?;
+            }
+            // Past every key of this uid: its prefix followed by an entry number above any.
+            from = keys::queue_prefix(&uid);
+            from.extend_from_slice(&[0xff; 9]);
         }
         Ok(())
     }

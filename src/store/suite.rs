@@ -9,9 +9,13 @@ use super::{Append, Bounds, Store};
 const B: Bounds = Bounds { history_max: 3, offline_max: 2, offline_ttl_ms: 1_000, dedupe_ttl_ms: 500 };
 
 fn backends() -> Vec<(&'static str, Arc<dyn Store>, Option<tempfile::TempDir>)> {
+    backends_with(B)
+}
+
+fn backends_with(b: Bounds) -> Vec<(&'static str, Arc<dyn Store>, Option<tempfile::TempDir>)> {
     let dir = tempfile::tempdir().unwrap();
-    let sled = SledStore::open(dir.path(), B).unwrap();
-    vec![("memory", Arc::new(MemoryStore::new(B)), None), ("sled", Arc::new(sled), Some(dir))]
+    let sled = SledStore::open(dir.path(), b).unwrap();
+    vec![("memory", Arc::new(MemoryStore::new(b)), None), ("sled", Arc::new(sled), Some(dir))]
 }
 
 /// Delivers everything queued for `uid` in `room`: read, then dequeue.
@@ -23,9 +27,8 @@ fn take(s: &dyn Store, uid: &str, room: &str, now: u64) -> Vec<u64> {
 }
 
 fn append(s: &dyn Store, room: &str, id: u64, offline: &[&str], now: u64) {
-    let offline: Vec<String> = offline.iter().map(|u| u.to_string()).collect();
     let json = format!("{{\"id\":{id}}}");
-    s.append(&Append { room, id, json: json.as_bytes(), offline: &offline, dedupe: None, now_ms: now }).unwrap();
+    s.append(&Append { room, id, json: json.as_bytes(), offline, dedupe: None, now_ms: now }).unwrap();
 }
 
 #[test]
@@ -174,4 +177,45 @@ fn queued_is_a_peek_and_dequeue_removes_only_what_was_delivered() {
         assert_eq!(s.offline_len("alice").unwrap(), 1, "{name}");
         assert!(s.queued("alice", "r2", 10).unwrap().is_empty(), "{name}");
     }
+}
+
+#[test]
+fn the_cap_drops_the_oldest_entries_left_after_deliveries() {
+    let b = Bounds { history_max: 100, offline_max: 4, offline_ttl_ms: 1_000_000, dedupe_ttl_ms: 500 };
+    for (name, s, _d) in backends_with(b) {
+        // alice's queue: r1#1 r2#1 r1#2 r2#2; delivering r1 leaves holes before r2's entries
+        append(&*s, "r1", 1, &["alice"], 0);
+        append(&*s, "r2", 1, &["alice"], 0);
+        append(&*s, "r1", 2, &["alice"], 0);
+        append(&*s, "r2", 2, &["alice"], 0);
+        assert_eq!(take(&*s, "alice", "r1", 1), vec![1, 2], "{name}");
+        assert_eq!(s.offline_len("alice").unwrap(), 2, "{name}");
+        for id in 3..=5 {
+            append(&*s, "r2", id, &["alice"], 0);
+        }
+        // five r2 entries against a cap of four: r2#1 went
+        assert_eq!(s.offline_len("alice").unwrap(), 4, "{name}");
+        assert_eq!(take(&*s, "alice", "r2", 1), vec![2, 3, 4, 5], "{name}");
+        assert_eq!(s.offline_len("alice").unwrap(), 0, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn sled_queue_bookkeeping_is_rebuilt_on_open() {
+    let b = Bounds { history_max: 100, offline_max: 3, offline_ttl_ms: 1_000_000, dedupe_ttl_ms: 500 };
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = SledStore::open(dir.path(), b).unwrap();
+        for id in 1..=2 {
+            append(&s, "r", id, &["u"], 0);
+        }
+        s.flush().await.unwrap();
+    }
+    let s = SledStore::open(dir.path(), b).unwrap();
+    assert_eq!(s.offline_len("u").unwrap(), 2);
+    for id in 3..=4 {
+        append(&s, "r", id, &["u"], 0);
+    }
+    assert_eq!(s.offline_len("u").unwrap(), 3);
+    assert_eq!(take(&s, "u", "r", 1), vec![2, 3, 4]);
 }
