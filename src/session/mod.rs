@@ -72,8 +72,8 @@ where
             }
         };
         tokio::select! {
-            _ = &mut reader, if !reader_done => { reader_done = true; break }
-            _ = &mut writer, if !writer_done => { writer_done = true; break }
+            _ = &mut reader => { reader_done = true; break }
+            _ = &mut writer => { writer_done = true; break }
             _ = outbox.closing() => break,
             _ = shutdown.cancelled() => { outbox.close(1001, "server shutting down"); break }
             _ = clock.changed.notified() => continue,
