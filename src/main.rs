@@ -118,7 +118,7 @@ async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let flusher_stop = CancellationToken::new();
     let flusher = tokio::spawn(hub.group_commit().run(store.clone(), metrics.clone(), flusher_stop.clone()));
     tokio::spawn(hub.clone().heartbeat(cfg.heartbeat, shutdown.clone()));
-    tokio::spawn(hub.clone().expire(shutdown.clone()));
+    tokio::spawn(hub.clone().housekeeping(shutdown.clone()));
 
     if tls.is_none() {
         tracing::warn!(
@@ -133,7 +133,7 @@ async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     flusher_stop.cancel();
     let _ = flusher.await;
     // Nothing is published any more: ids may continue right after the last one.
-    if let Err(e) = store.release_ids() {
+    if let Err(e) = store.release_ids(None) {
         tracing::warn!("releasing id reservations: {e:#}");
     }
     store.flush().await.context("final store flush")?;

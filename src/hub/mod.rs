@@ -6,6 +6,8 @@
 //! offline drain come before any live message published after its `login`.
 
 mod room;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -166,6 +168,11 @@ impl Hub {
     pub fn join(&self, conn: &Conn, who: &Who, roomid: &str, since: Option<u64>) -> Result<Joined, HubError> {
         let room = self.room(roomid)?;
         let mut st = room.lock();
+        if st.evicted {
+            // Evicted between the lookup and the lock: the next lookup opens it afresh.
+            drop(st);
+            return self.join(conn, who, roomid, since);
+        }
         if !st.conns.contains_key(&conn.id) {
             if !st.members.contains(who.uid) {
                 self.store.add_member(roomid, who.uid)?;
@@ -373,8 +380,8 @@ impl Hub {
         }
     }
 
-    /// Once a minute: drop expired queue entries and dedupe records.
-    pub async fn expire(self: Arc<Self>, shutdown: CancellationToken) {
+    /// Once a minute: drop expired queue entries and dedupe records, and evict idle rooms.
+    pub async fn housekeeping(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tokio::select! {
@@ -386,6 +393,48 @@ impl Hub {
             if let Ok(Err(e)) = res {
                 tracing::warn!("expiry sweep failed: {e:#}");
             }
+            if let Err(e) = self.evict_idle_rooms().await {
+                tracing::warn!("room eviction failed: {e:#}");
+            }
         }
+    }
+
+    /// Drops rooms with no connection from memory (their state is in the store), so that
+    /// rooms nobody visits cost nothing. Their id reservation is released, after a flush that
+    /// makes every message they hold durable, so ids continue without a gap when they reopen.
+    pub async fn evict_idle_rooms(&self) -> anyhow::Result<usize> {
+        // Lock order: a room, then the map; never the map, then a room.
+        let all: Vec<(String, Arc<Room>)> =
+            self.rooms.lock().unwrap().iter().map(|(id, r)| (id.clone(), r.clone())).collect();
+        let idle: Vec<(String, Arc<Room>, u64)> = all
+            .into_iter()
+            .filter_map(|(id, r)| {
+                let last_id = {
+                    let st = r.lock();
+                    st.conns.is_empty().then_some(st.last_id)
+                };
+                last_id.map(|l| (id, r, l))
+            })
+            .collect();
+        if idle.is_empty() {
+            return Ok(0);
+        }
+        self.store.flush().await?;
+        let mut evicted = 0;
+        for (id, room, last_id) in idle {
+            let mut st = room.lock();
+            // Someone came (and maybe published) since: not idle after all.
+            if !st.conns.is_empty() || st.last_id != last_id || st.evicted {
+                continue;
+            }
+            self.store.release_ids(Some(&id))?;
+            let mut rooms = self.rooms.lock().unwrap();
+            if rooms.get(&id).is_some_and(|r| Arc::ptr_eq(r, &room)) {
+                rooms.remove(&id);
+                st.evicted = true;
+                evicted += 1;
+            }
+        }
+        Ok(evicted)
     }
 }

@@ -29,6 +29,8 @@ pub(super) struct RoomState {
     pub last_id: u64,
     /// Ids up to here are durably reserved and may be given without another flush.
     pub reserved: u64,
+    /// Dropped from the hub's map (idle): whoever locked it late must look the room up again.
+    pub evicted: bool,
 }
 
 impl RoomState {
@@ -67,6 +69,7 @@ impl Room {
                 offline,
                 last_id,
                 reserved: last_id,
+                evicted: false,
             }),
         }
     }

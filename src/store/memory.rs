@@ -91,8 +91,14 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn release_ids(&self) -> Result<()> {
-        self.data.lock().unwrap().reserved.clear();
+    fn release_ids(&self, room: Option<&str>) -> Result<()> {
+        let mut d = self.data.lock().unwrap();
+        match room {
+            Some(r) => {
+                d.reserved.remove(r);
+            }
+            None => d.reserved.clear(),
+        }
         Ok(())
     }
 

@@ -82,9 +82,10 @@ pub trait Store: Send + Sync + 'static {
     /// fanned out before their own flush; reserving ids in flushed blocks is what keeps ids
     /// strictly increasing across a crash.
     fn reserve_ids(&self, room: &str, upto: u64) -> Result<()>;
-    /// At a clean shutdown, after the last publish: drops every reservation, so that ids
-    /// continue after a restart without a gap.
-    fn release_ids(&self) -> Result<()>;
+    /// Drops the id reservation of `room` (of every room with `None`), so that ids continue
+    /// right after the last stored one. Only for rooms where nothing is being published and
+    /// every message is already flushed (a clean shutdown, an idle room); not flushed itself.
+    fn release_ids(&self, room: Option<&str>) -> Result<()>;
     /// Atomically: `seq := id`, history append (trimmed to `history_max`), one queue entry per
     /// offline uid (trimmed to `offline_max`, oldest first), the dedupe record.
     fn append(&self, a: &Append) -> Result<()>;

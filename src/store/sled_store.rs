@@ -237,7 +237,11 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn release_ids(&self) -> Result<()> {
+    fn release_ids(&self, room: Option<&str>) -> Result<()> {
+        if let Some(room) = room {
+            self.db.remove(Key::SeqReserved { room: room.into() }.encode())?;
+            return Ok(());
+        }
         let mut b = sled::Batch::default();
         for item in self.db.scan_prefix(keys::seq_reserved_all()) {
             b.remove(item?.0);

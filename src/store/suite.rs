@@ -156,7 +156,11 @@ fn reserved_ids_raise_last_id() {
         append(&*s, "r", 101, &[], 0);
         s.reserve_ids("r", 2000).unwrap();
         assert_eq!(s.last_id("r").unwrap(), 2000, "{name}");
-        s.release_ids().unwrap();
+        s.reserve_ids("q", 50).unwrap();
+        s.release_ids(Some("q")).unwrap();
+        assert_eq!(s.last_id("q").unwrap(), 0, "{name}");
+        assert_eq!(s.last_id("r").unwrap(), 2000, "{name}: other rooms keep theirs");
+        s.release_ids(None).unwrap();
         assert_eq!(s.last_id("r").unwrap(), 101, "{name}: a clean stop leaves no gap");
         assert_eq!(s.last_id("other").unwrap(), 0, "{name}");
     }

@@ -1,0 +1,74 @@
+//! Hub tests over the in-memory store: what the integration tests cannot reach in time.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::{Hub, Who};
+use crate::metrics::Metrics;
+use crate::outbox::Outbox;
+use crate::store::memory::MemoryStore;
+use crate::store::{Bounds, Store};
+
+fn hub() -> (Arc<Hub>, Arc<MemoryStore>) {
+    let b = Bounds { history_max: 100, offline_max: 100, offline_ttl_ms: 1 << 40, dedupe_ttl_ms: 600_000 };
+    let store = Arc::new(MemoryStore::new(b));
+    (Hub::new(store.clone(), Arc::new(Metrics::default()), 16), store)
+}
+
+/// Every JSON event queued to an outbox so far (frames are unmasked text: 2 to 4 header bytes).
+async fn events(out: &Outbox) -> Vec<Value> {
+    let mut frames = Vec::new();
+    out.take(&mut frames).await;
+    out.written();
+    frames
+        .iter()
+        .map(|f| {
+            let start = match f[1] & 0x7f {
+                126 => 4,
+                127 => 10,
+                _ => 2,
+            };
+            serde_json::from_slice(&f[start..]).unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn idle_rooms_are_evicted_and_reopen_where_they_were() {
+    let (hub, store) = hub();
+    let who = Who { uid: "u1", name: "U1" };
+    let out = Arc::new(Outbox::new(100, 1 << 20));
+    let c = hub.register(out.clone());
+    hub.join(&c, &who, "r", None).unwrap();
+    hub.publish(&c, &who, "r", "one", None).unwrap();
+    assert_eq!(hub.evict_idle_rooms().await.unwrap(), 0, "a room with a connection stays");
+    hub.disconnect(&c, &who, &["r".to_string()]);
+    assert_eq!(hub.evict_idle_rooms().await.unwrap(), 1);
+    assert_eq!(store.last_id("r").unwrap(), 1, "the reservation is released: no gap");
+
+    let out2 = Arc::new(Outbox::new(100, 1 << 20));
+    let c2 = hub.register(out2.clone());
+    hub.join(&c2, &who, "r", None).unwrap();
+    hub.publish(&c2, &who, "r", "two", None).unwrap();
+    let ev = events(&out2).await;
+    assert_eq!(ev[0]["event"], "login");
+    assert_eq!(ev[0]["total"], 1, "membership survived the eviction");
+    assert_eq!(ev[1]["id"], 2, "ids continue");
+}
+
+#[tokio::test]
+async fn a_room_in_use_again_is_not_evicted() {
+    let (hub, _store) = hub();
+    let who = Who { uid: "u1", name: "U1" };
+    let out = Arc::new(Outbox::new(100, 1 << 20));
+    let c = hub.register(out.clone());
+    hub.join(&c, &who, "r", None).unwrap();
+    hub.disconnect(&c, &who, &["r".to_string()]);
+    let c2 = hub.register(out.clone());
+    hub.join(&c2, &who, "r", None).unwrap();
+    assert_eq!(hub.evict_idle_rooms().await.unwrap(), 0);
+    hub.publish(&c2, &who, "r", "still here", None).unwrap();
+    let ev = events(&out).await;
+    assert_eq!(ev.last().unwrap()["message"], "still here");
+}
