@@ -362,6 +362,33 @@ mod tests {
         assert_eq!(code(r#"{"event":"login","roomid":7}"#), ErrorCode::BadField);
     }
 
+    /// Mutated and truncated inputs: decoding always answers, never panics.
+    #[test]
+    fn mangled_input_never_panics() {
+        let seeds = [
+            r#"{"event":"login","name":"al","roomid":"r1","since":3}"#,
+            r#"{"event":"message","roomid":"ü-1","message":"hé\u00e9","cid":"c1"}"#,
+            r#"{"event":"auth","message":"a.b.c"}"#,
+            r#"{"event":"heartbeat","message":"ping"}"#,
+        ];
+        let alphabet: &[u8] = b"{}[]\":,\\0123456789-eE.+ nulltrufas\xc3\xa9\xff";
+        let mut rng = rand::rng();
+        for i in 0..20_000 {
+            let mut b = seeds[i % seeds.len()].as_bytes().to_vec();
+            for _ in 0..rand::Rng::random_range(&mut rng, 1..6) {
+                let at = rand::Rng::random_range(&mut rng, 0..b.len());
+                match rand::Rng::random_range(&mut rng, 0..3) {
+                    0 => b[at] = alphabet[rand::Rng::random_range(&mut rng, 0..alphabet.len())],
+                    1 => b.truncate(at.max(1)),
+                    _ => b.insert(at, alphabet[rand::Rng::random_range(&mut rng, 0..alphabet.len())]),
+                }
+            }
+            if let Ok(text) = std::str::from_utf8(&b) {
+                let _ = decode(text, L);
+            }
+        }
+    }
+
     #[test]
     fn marks_stored_messages() {
         assert_eq!(with_mark(br#"{"a":1}"#, Mark::Offline), br#"{"a":1,"offline":true}"#.to_vec());
