@@ -129,14 +129,19 @@ async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     println!("natter listening on {scheme}://{addr}");
     std::io::stdout().flush()?;
 
-    natter::server::run(listener, app, tls, cfg.limits.handshake_timeout, shutdown, Duration::from_secs(7)).await;
+    let drained =
+        natter::server::run(listener, app, tls, cfg.limits.handshake_timeout, shutdown, Duration::from_secs(7)).await;
     flusher_stop.cancel();
     let _ = flusher.await;
-    // Nothing is published any more: ids may continue right after the last one.
-    if let Err(e) = store.release_ids(None) {
-        tracing::warn!("releasing id reservations: {e:#}");
-    }
     store.flush().await.context("final store flush")?;
+    // Every message is on disk and, when every session has ended, nothing is published any
+    // more: ids may continue right after the last one.
+    if drained {
+        if let Err(e) = hub.release_ids() {
+            tracing::warn!("releasing id reservations: {e:#}");
+        }
+        store.flush().await.context("final store flush")?;
+    }
     tracing::info!("stopped");
     Ok(())
 }

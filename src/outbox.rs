@@ -15,6 +15,9 @@ pub struct CloseReq {
     pub reason: String,
 }
 
+/// The close "code" of an outbox whose socket failed (1006: never sent on the wire).
+pub const ABANDONED: u16 = 1006;
+
 /// The outcome of a push.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pushed {
@@ -90,6 +93,17 @@ impl Outbox {
         }
         drop(st);
         self.wake.notify_one();
+        self.closing.notify_one();
+    }
+
+    /// Writer side: the socket failed; nothing will be written any more. Later pushes are
+    /// dropped, so nobody mistakes this outbox for a live connection.
+    pub fn abandon(&self) {
+        let mut st = self.state.lock().unwrap();
+        if st.close.is_none() {
+            st.close = Some(CloseReq { code: ABANDONED, reason: "connection lost".into() });
+        }
+        drop(st);
         self.closing.notify_one();
     }
 

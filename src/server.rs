@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use crate::http::{self, App};
 
 /// Accepts until `shutdown` fires, then waits (bounded by `drain`) for every connection and
-/// session to end. Sessions send close 1001 themselves when they see `shutdown`.
+/// session to end; true when they all did. Sessions send close 1001 themselves when they see
+/// `shutdown`.
 pub async fn run(
     listener: TcpListener,
     app: Arc<App>,
@@ -22,7 +23,7 @@ pub async fn run(
     handshake: Duration,
     shutdown: CancellationToken,
     drain: Duration,
-) {
+) -> bool {
     let conns = tokio_util::task::TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -64,9 +65,11 @@ pub async fn run(
         conns.wait().await;
         app.sessions.wait().await;
     };
-    if tokio::time::timeout(drain, all).await.is_err() {
+    let drained = tokio::time::timeout(drain, all).await.is_ok();
+    if !drained {
         tracing::warn!("some connections did not close in time");
     }
+    drained
 }
 
 async fn serve_http<S>(io: S, app: Arc<App>, handshake: Duration, shutdown: CancellationToken)

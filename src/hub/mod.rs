@@ -399,6 +399,18 @@ impl Hub {
         }
     }
 
+    /// At a clean shutdown, once nothing is published any more: releases every open room's id
+    /// reservation (after the caller's flush), so ids continue without a gap after a restart.
+    pub fn release_ids(&self) -> anyhow::Result<()> {
+        let all: Vec<(String, Arc<Room>)> =
+            self.rooms.lock().unwrap().iter().map(|(id, r)| (id.clone(), r.clone())).collect();
+        for (id, room) in all {
+            let last_id = room.lock().last_id;
+            self.store.release_ids(&id, last_id)?;
+        }
+        Ok(())
+    }
+
     /// Drops rooms with no connection from memory (their state is in the store), so that
     /// rooms nobody visits cost nothing. Their id reservation is released, after a flush that
     /// makes every message they hold durable, so ids continue without a gap when they reopen.
@@ -427,7 +439,7 @@ impl Hub {
             if !st.conns.is_empty() || st.last_id != last_id || st.evicted {
                 continue;
             }
-            self.store.release_ids(Some(&id))?;
+            self.store.release_ids(&id, st.last_id)?;
             let mut rooms = self.rooms.lock().unwrap();
             if rooms.get(&id).is_some_and(|r| Arc::ptr_eq(r, &room)) {
                 rooms.remove(&id);

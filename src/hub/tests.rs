@@ -72,3 +72,25 @@ async fn a_room_in_use_again_is_not_evicted() {
     let ev = events(&out).await;
     assert_eq!(ev.last().unwrap()["message"], "still here");
 }
+
+/// After a crash a room resumes at its reservation; that number must survive the room's
+/// eviction (and a clean stop), or ids seen before the crash would be given again.
+#[tokio::test]
+async fn ids_resumed_after_a_crash_survive_an_eviction() {
+    let (hub, store) = hub();
+    // As left by a crash: id 100 stored, ids up to 1024 reserved (some may have gone out).
+    let json = br#"{"id":100}"#;
+    store.append(&crate::store::Append { room: "r", id: 100, json, offline: &[], dedupe: None, now_ms: 0 }).unwrap();
+    store.reserve_ids("r", 1024).unwrap();
+    let who = Who { uid: "u1", name: "U1" };
+    let out = Arc::new(Outbox::new(100, 1 << 20));
+    let c = hub.register(out.clone());
+    hub.join(&c, &who, "r", None).unwrap();
+    hub.disconnect(&c, &who, &["r".to_string()]);
+    assert_eq!(hub.evict_idle_rooms().await.unwrap(), 1);
+    let c2 = hub.register(out.clone());
+    hub.join(&c2, &who, "r", None).unwrap();
+    hub.publish(&c2, &who, "r", "after", None).unwrap();
+    let ev = events(&out).await;
+    assert_eq!(ev.last().unwrap()["id"], 1025);
+}

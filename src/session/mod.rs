@@ -114,7 +114,7 @@ async fn finish(
             reader_done = tokio::time::timeout_at(until, &mut *reader).await.is_ok();
         }
     }
-    if let Some(c) = outbox.close_request() {
+    if let Some(c) = outbox.close_request().filter(|c| c.code != crate::outbox::ABANDONED) {
         env.hub.metrics().closed(c.code);
     }
     if !writer_done {

@@ -13,8 +13,17 @@ use crate::wire;
 /// Largest batch buffer kept between passes; a burst may grow it, idle connections shrink it.
 const KEEP_BUFFER: usize = 64 << 10;
 
-/// Returns the close code sent, or the I/O error that ended the connection.
-pub async fn run<W: AsyncWrite + Unpin>(mut w: W, outbox: Arc<Outbox>) -> std::io::Result<u16> {
+/// Returns the close code sent, or the I/O error that ended the connection (the outbox is then
+/// abandoned: what is pushed later is dropped, not counted as delivered).
+pub async fn run<W: AsyncWrite + Unpin>(w: W, outbox: Arc<Outbox>) -> std::io::Result<u16> {
+    let res = write_loop(w, &outbox).await;
+    if res.is_err() {
+        outbox.abandon();
+    }
+    res
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, outbox: &Outbox) -> std::io::Result<u16> {
     let mut frames: Vec<Bytes> = Vec::new();
     let mut batch: Vec<u8> = Vec::new();
     loop {

@@ -91,14 +91,11 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn release_ids(&self, room: Option<&str>) -> Result<()> {
+    fn release_ids(&self, room: &str, last_id: u64) -> Result<()> {
         let mut d = self.data.lock().unwrap();
-        match room {
-            Some(r) => {
-                d.reserved.remove(r);
-            }
-            None => d.reserved.clear(),
-        }
+        d.reserved.remove(room);
+        let seq = d.seq.entry(room.into()).or_insert(0);
+        *seq = (*seq).max(last_id);
         Ok(())
     }
 

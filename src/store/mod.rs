@@ -82,10 +82,11 @@ pub trait Store: Send + Sync + 'static {
     /// fanned out before their own flush; reserving ids in flushed blocks is what keeps ids
     /// strictly increasing across a crash.
     fn reserve_ids(&self, room: &str, upto: u64) -> Result<()>;
-    /// Drops the id reservation of `room` (of every room with `None`), so that ids continue
-    /// right after the last stored one. Only for rooms where nothing is being published and
-    /// every message is already flushed (a clean shutdown, an idle room); not flushed itself.
-    fn release_ids(&self, room: Option<&str>) -> Result<()>;
+    /// Drops the id reservation of `room`, recording `last_id` (the last id given in this run,
+    /// which after a crash may be the old reservation) as its sequence, atomically; ids then
+    /// continue right after it. Only for a room where nothing is being published and every
+    /// message is flushed (a clean shutdown, an idle room); not flushed itself.
+    fn release_ids(&self, room: &str, last_id: u64) -> Result<()>;
     /// Atomically: `seq := id`, history append (trimmed to `history_max`), one queue entry per
     /// offline uid (trimmed to `offline_max`, oldest first), the dedupe record.
     fn append(&self, a: &Append) -> Result<()>;

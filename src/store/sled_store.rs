@@ -126,7 +126,7 @@ impl SledStore {
                 None => q.head += 1,
                 Some(v) if q.len as usize > self.bounds.offline_max || self.expired(&v, a.now_ms) => {
                     batch.remove(k);
-                    q.len -= 1;
+                    q.len = q.len.saturating_sub(1);
                     q.head += 1;
                 }
                 Some(_) => break,
@@ -138,6 +138,8 @@ impl SledStore {
     /// Removes the entries of `uid`'s queue that `drop_it` picks, keeping the bookkeeping exact.
     fn remove_entries(&self, uid: &str, mut drop_it: impl FnMut(u64, &[u8]) -> bool) -> Result<()> {
         let mut queues = self.writer();
+        // Load the bookkeeping before changing the disk, or a first load would see the removals.
+        self.queue_state(&mut queues, uid)?;
         let mut b = sled::Batch::default();
         let mut removed = 0;
         for item in self.db.scan_prefix(keys::queue_prefix(uid)) {
@@ -153,11 +155,10 @@ impl SledStore {
             return Ok(());
         }
         self.db.apply_batch(b)?;
+        // The entry stays even when the queue is empty: `next` must never go back, or an entry
+        // number held by a concurrent `queued` -> `dequeue` could name a newer entry.
         let q = self.queue_state(&mut queues, uid)?;
         q.len = q.len.saturating_sub(removed);
-        if q.len == 0 {
-            queues.0.remove(uid);
-        }
         Ok(())
     }
 }
@@ -237,15 +238,12 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn release_ids(&self, room: Option<&str>) -> Result<()> {
-        if let Some(room) = room {
-            self.db.remove(Key::SeqReserved { room: room.into() }.encode())?;
-            return Ok(());
-        }
+    fn release_ids(&self, room: &str, last_id: u64) -> Result<()> {
         let mut b = sled::Batch::default();
-        for item in self.db.scan_prefix(keys::seq_reserved_all()) {
-            b.remove(item?.0);
-        }
+        let seq = Key::Seq { room: room.into() }.encode();
+        let stored = self.db.get(&seq)?.map(|v| val::u64_at(&v, 0)).unwrap_or(0);
+        b.insert(seq, &stored.max(last_id).to_be_bytes());
+        b.remove(Key::SeqReserved { room: room.into() }.encode());
         self.db.apply_batch(b)?;
         Ok(())
     }
