@@ -64,7 +64,7 @@ pub struct Joined {
 }
 
 /// Ids are reserved durably in blocks of this size (one flush per block per room).
-const ID_BLOCK: u64 = 1024;
+const ID_BLOCK: u64 = 65_536;
 
 /// Stripes of the per-uid lock around "check the dedupe record, then publish".
 const DEDUPE_STRIPES: usize = 64;

@@ -29,6 +29,9 @@ struct QueueState {
     next: u64,
     /// Entries present.
     len: u64,
+    /// When known: the entry at `head` exists and was written at this time. Saves a read per
+    /// push while the queue is under its cap; forgotten whenever entries are removed.
+    head_ts: Option<u64>,
 }
 
 #[derive(Default)]
@@ -97,7 +100,7 @@ impl SledStore {
     /// `uid`'s queue bookkeeping, read from disk (one scan) the first time.
     fn queue_state<'q>(&self, queues: &'q mut Queues, uid: &str) -> Result<&'q mut QueueState> {
         if !queues.0.contains_key(uid) {
-            let mut st = QueueState { head: 0, next: 0, len: 0 };
+            let mut st = QueueState { head: 0, next: 0, len: 0, head_ts: None };
             for item in self.db.scan_prefix(keys::queue_prefix(uid)) {
                 if let Some(Key::Queue { n, .. }) = Key::decode(&item?.0) {
                     if st.len == 0 {
@@ -119,18 +122,29 @@ impl SledStore {
         batch.insert(keys::queue_key(uid, new), val::entry(a.now_ms, a.id, a.room, a.json));
         q.next += 1;
         q.len += 1;
+        let cap = self.bounds.offline_max as u64;
         while q.head < new {
+            if q.len <= cap && q.head_ts.is_some_and(|ts| ts + self.bounds.offline_ttl_ms > a.now_ms) {
+                break;
+            }
             let k = keys::queue_key(uid, q.head);
             match self.db.get(&k)? {
                 // dequeued earlier: a hole
                 None => q.head += 1,
-                Some(v) if q.len as usize > self.bounds.offline_max || self.expired(&v, a.now_ms) => {
+                Some(v) if q.len > cap || self.expired(&v, a.now_ms) => {
                     batch.remove(k);
                     q.len = q.len.saturating_sub(1);
                     q.head += 1;
                 }
-                Some(_) => break,
+                Some(v) => {
+                    q.head_ts = val::parse_entry(&v).map(|e| e.ts);
+                    break;
+                }
             }
+            q.head_ts = None;
+        }
+        if q.head == new {
+            q.head_ts = Some(a.now_ms);
         }
         Ok(())
     }
@@ -159,6 +173,7 @@ impl SledStore {
         // number held by a concurrent `queued` -> `dequeue` could name a newer entry.
         let q = self.queue_state(&mut queues, uid)?;
         q.len = q.len.saturating_sub(removed);
+        q.head_ts = None;
         Ok(())
     }
 }
