@@ -70,9 +70,6 @@ pub fn online_prefix(room: &str) -> Vec<u8> {
 pub fn online_all() -> Vec<u8> {
     vec![ONLINE]
 }
-pub fn seq_reserved_all() -> Vec<u8> {
-    vec![SEQ_RESERVED]
-}
 pub fn history_prefix(room: &str) -> Vec<u8> {
     KeyBuf::new(HISTORY).str(room).into_vec()
 }
