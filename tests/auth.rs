@@ -29,8 +29,7 @@ async fn events_before_auth_get_the_exact_noauth_and_do_not_count() {
     // none of it had an effect: a member of r1 sees nothing, and c is still allowed to auth
     let mut a = Client::connect_as(&s, "u1", None).await;
     assert_login(&a.login("r1").await, "r1", "u1", "u1", 1, 1);
-    c.auth(&token("u2", None, 3600)).await;
-    c.uid = Some("u2".into());
+    c.auth_as("u2", None, 3600).await;
     assert_login(&c.login("r1").await, "r1", "u2", "u2", 2, 2);
 }
 
@@ -87,8 +86,7 @@ async fn forged_and_malformed_tokens_are_refused() {
     let t = token_claims(SECRET, &json!({"sub":"u1","exp":now_secs()+3600,"pad":"p".repeat(300)}));
     e.auth(&t).await;
     e.expect_noauth().await;
-    e.auth(&token("u1", None, 3600)).await; // a small one is fine
-    e.uid = Some("u1".into());
+    e.auth_as("u1", None, 3600).await; // a small one is fine
     e.login("r1").await;
 }
 
@@ -198,8 +196,7 @@ async fn invalid_upgrade_token_leaves_client_anonymous_and_counts() {
 
     let mut q = Client::connect_with(&s, ConnectOpts { query_token: Some("junk".into()), ..Default::default() }).await;
     q.expect_noauth().await;
-    q.auth(&token("u1", None, 3600)).await;
-    q.uid = Some("u1".into());
+    q.auth_as("u1", None, 3600).await;
     q.login("r1").await;
 }
 
@@ -220,8 +217,7 @@ async fn auth_timeout_closes_1008() {
 async fn token_expiry_while_connected_then_close_after_grace() {
     let s = Server::start(ServerOpts::new().arg("--expiry-grace", 1)).await;
     let mut c = Client::connect(&s).await;
-    c.auth(&token("u1", None, 1)).await;
-    c.uid = Some("u1".into());
+    c.auth_as("u1", None, 1).await;
     c.login("r1").await;
     let v = c.recv_json_within(Duration::from_secs(20)).await;
     assert_eq!(v, json!({"event":"noauth","message":"token expired"}));
@@ -236,8 +232,7 @@ async fn token_expiry_while_connected_then_close_after_grace() {
 async fn token_refresh_keeps_the_session() {
     let s = Server::start(ServerOpts::new().arg("--expiry-grace", 1)).await;
     let mut c = Client::connect_with(&s, ConnectOpts::v1()).await;
-    c.auth(&token("u1", None, 1)).await;
-    c.uid = Some("u1".into());
+    c.auth_as("u1", None, 1).await;
     assert_eq!(c.recv_json().await["event"], "auth");
     c.login("r1").await;
     // refresh with another uid: refused, session unchanged
@@ -280,11 +275,7 @@ async fn connections_per_uid_limit() {
 #[tokio::test]
 async fn rate_limit_drops_then_closes_after_three() {
     let s = Server::start(ServerOpts::new().arg("--rate-per-sec", 1).arg("--rate-burst", 3)).await;
-    let mut a = Client::connect_as(&s, "u1", None).await;
-    a.login("r1").await;
-    let mut b = Client::connect_as(&s, "u2", None).await;
-    b.login("r1").await;
-    a.recv_event("login").await;
+    let (mut a, mut b) = two_in_room(&s, "r1").await;
     for i in 0..4 {
         a.say("r1", &format!("burst {i}")).await;
     }

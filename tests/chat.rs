@@ -66,11 +66,7 @@ async fn two_clients_chat_login_message_logout() {
 #[tokio::test]
 async fn abrupt_disconnect_broadcasts_logout() {
     let s = Server::start(ServerOpts::new()).await;
-    let mut a = Client::connect_as(&s, "u1", Some("Alice")).await;
-    a.login("r1").await;
-    let mut b = Client::connect_as(&s, "u2", Some("Bob")).await;
-    b.login("r1").await;
-    a.recv_event("login").await;
+    let (mut a, b) = two_in_room_as(&s, "r1", [Some("Alice"), Some("Bob")]).await;
     drop(b); // TCP dropped without a close frame
     let lo = a.recv_json().await;
     assert_logout(&lo, "r1", "u2", "Bob", 1, 2);
@@ -198,11 +194,7 @@ async fn display_name_comes_from_token_then_login_then_uid() {
 #[tokio::test]
 async fn second_login_to_same_room_sends_no_broadcast() {
     let s = Server::start(ServerOpts::new()).await;
-    let mut a = Client::connect_as(&s, "u1", None).await;
-    a.login("r1").await;
-    let mut b = Client::connect_as(&s, "u2", None).await;
-    b.login("r1").await;
-    a.recv_event("login").await;
+    let (mut a, mut b) = two_in_room(&s, "r1").await;
     b.send_json(&json!({"event":"login","roomid":"r1"})).await;
     b.expect_silence(QUIET).await;
     a.expect_silence(Duration::from_millis(200)).await;
@@ -235,11 +227,7 @@ async fn logout_only_when_last_connection_of_uid_goes() {
 #[tokio::test]
 async fn cid_gets_ack_and_is_deduplicated() {
     let s = Server::start(ServerOpts::new()).await;
-    let mut a = Client::connect_as(&s, "u1", None).await;
-    a.login("r1").await;
-    let mut b = Client::connect_as(&s, "u2", None).await;
-    b.login("r1").await;
-    a.recv_event("login").await;
+    let (mut a, mut b) = two_in_room(&s, "r1").await;
 
     a.say_cid("r1", "with cid", "c-42").await;
     // the ack and the own copy, in either order
@@ -283,11 +271,7 @@ async fn cid_gets_ack_and_is_deduplicated() {
 #[tokio::test]
 async fn cid_dedupe_is_per_uid() {
     let s = Server::start(ServerOpts::new()).await;
-    let mut a = Client::connect_as(&s, "u1", None).await;
-    a.login("r1").await;
-    let mut b = Client::connect_as(&s, "u2", None).await;
-    b.login("r1").await;
-    a.recv_event("login").await;
+    let (mut a, mut b) = two_in_room(&s, "r1").await;
     a.say_cid("r1", "one", "same").await;
     assert_eq!(a.recv_event("ack").await["id"], 1);
     b.recv_event("message").await;

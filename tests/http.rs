@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
 async fn healthz_reports_connections_and_rooms() {
@@ -84,12 +84,10 @@ async fn root_serves_the_page_and_both_paths_upgrade() {
     assert_eq!(r.status, 200);
     assert!(r.header("content-type").unwrap_or("").starts_with("text/html"), "{:?}", r.headers);
     let mut a = Client::connect_with(&s, ConnectOpts { path: Some("/".into()), ..Default::default() }).await;
-    a.auth(&token("u1", None, 3600)).await;
-    a.uid = Some("u1".into());
+    a.auth_as("u1", None, 3600).await;
     a.login("r1").await;
     let mut b = Client::connect_with(&s, ConnectOpts { path: Some("/ws".into()), ..Default::default() }).await;
-    b.auth(&token("u2", None, 3600)).await;
-    b.uid = Some("u2".into());
+    b.auth_as("u2", None, 3600).await;
     b.login("r1").await;
     b.say("r1", "both paths").await;
     assert_eq!(a.recv_event("message").await["message"], "both paths");
@@ -182,17 +180,10 @@ async fn handshake_timeout_drops_idle_and_partial_requests() {
     let mut partial = tokio::net::TcpStream::connect(s.addr()).await.unwrap();
     partial.write_all(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n").await.unwrap();
     for (name, sock) in [("idle", &mut idle), ("partial", &mut partial)] {
-        let mut buf = [0u8; 1024];
-        let r = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                match sock.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => continue, // e.g. a 408 response before the close
-                }
-            }
-        })
-        .await;
-        assert!(r.is_ok(), "{name} connection not dropped by the handshake timeout");
+        assert!(
+            dropped_within(sock, Duration::from_secs(10)).await,
+            "{name} connection not dropped by the handshake timeout"
+        );
     }
     // still serving
     assert_eq!(healthz(&s).await["status"], "ok");

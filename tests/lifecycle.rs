@@ -189,8 +189,7 @@ async fn slow_reader_is_disconnected_and_the_room_goes_on() {
     let mut f2 = Client::connect_as(&s, "f2", None).await;
     f2.login("r1").await;
     let mut slow = Client::connect_with(&s, ConnectOpts { recv_buffer: Some(4096), ..Default::default() }).await;
-    slow.auth(&token("slow", None, 3600)).await;
-    slow.uid = Some("slow".into());
+    slow.auth_as("slow", None, 3600).await;
     slow.login("r1").await;
     for c in [&mut p, &mut f1, &mut f2] {
         loop {

@@ -9,11 +9,7 @@ const QUIET: Duration = Duration::from_millis(800);
 
 /// u1 ("Alice") and u2 ("Bob") in room r1; u2 then disconnects (u1 sees the logout).
 async fn alice_and_departed_bob(s: &Server) -> Client {
-    let mut a = Client::connect_as(s, "u1", Some("Alice")).await;
-    a.login("r1").await;
-    let mut b = Client::connect_as(s, "u2", Some("Bob")).await;
-    b.login("r1").await;
-    a.recv_event("login").await;
+    let (mut a, mut b) = two_in_room_as(s, "r1", [Some("Alice"), Some("Bob")]).await;
     b.close().await;
     assert_logout(&a.recv_event("logout").await, "r1", "u2", "Bob", 1, 2);
     a
@@ -112,11 +108,7 @@ async fn acked_message_survives_sigkill() {
 #[tokio::test]
 async fn leave_ends_membership_so_nothing_is_queued() {
     let s = Server::start(ServerOpts::new()).await;
-    let mut a = Client::connect_as(&s, "u1", None).await;
-    a.login("r1").await;
-    let mut b = Client::connect_as(&s, "u2", None).await;
-    b.login("r1").await;
-    a.recv_event("login").await;
+    let (mut a, mut b) = two_in_room(&s, "r1").await;
     b.send_json(&json!({"event":"leave","roomid":"r1"})).await;
     assert_logout(&a.recv_event("logout").await, "r1", "u2", "u2", 1, 1);
     b.close().await;
@@ -130,11 +122,7 @@ async fn leave_ends_membership_so_nothing_is_queued() {
 #[tokio::test]
 async fn since_replays_without_gaps_or_duplicates() {
     let s = Server::start(ServerOpts::new()).await;
-    let mut a = Client::connect_as(&s, "u1", None).await;
-    a.login("r1").await;
-    let mut b = Client::connect_as(&s, "u2", None).await;
-    b.login("r1").await;
-    a.recv_event("login").await;
+    let (mut a, mut b) = two_in_room(&s, "r1").await;
     say_n(&mut a, "r1", &["m1", "m2", "m3"]).await;
     let mut last = 0;
     for _ in 0..3 {

@@ -34,11 +34,7 @@ async fn ids_stay_increasing_after_sigkill() {
 #[tokio::test]
 async fn offline_messages_that_do_not_fit_stay_queued() {
     let s = Server::start(ServerOpts::new().arg("--outbound-max-messages", 6)).await;
-    let mut a = Client::connect_as(&s, "u1", None).await;
-    a.login("r1").await;
-    let mut b = Client::connect_as(&s, "u2", None).await;
-    b.login("r1").await;
-    a.recv_event("login").await;
+    let (mut a, mut b) = two_in_room(&s, "r1").await;
     b.close().await;
     a.recv_event("logout").await;
     for i in 1..=20 {

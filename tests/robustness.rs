@@ -8,14 +8,14 @@ use std::time::Duration;
 
 const QUIET: Duration = Duration::from_millis(500);
 
-/// Two bystanders u1/u2 in room r1.
-async fn bystanders(s: &Server) -> (Client, Client) {
-    let mut a = Client::connect_as(s, "u1", None).await;
-    a.login("r1").await;
-    let mut b = Client::connect_as(s, "u2", None).await;
-    b.login("r1").await;
+/// Two bystanders u1/u2 in room r1 ([`two_in_room`]), then a raw client `raw` joins r1 and both
+/// bystanders see its login.
+async fn bystanders_and_raw(s: &Server) -> (Client, Client, RawWs) {
+    let (mut a, mut b) = two_in_room(s, "r1").await;
+    let r = RawWs::connect_as(s, "raw", "r1").await;
     a.recv_event("login").await;
-    (a, b)
+    b.recv_event("login").await;
+    (a, b, r)
 }
 
 /// a says `text`; both a and b receive exactly that message (other events in between fail).
@@ -35,7 +35,7 @@ async fn still_chatting(a: &mut Client, b: &mut Client, text: &str) {
 #[tokio::test]
 async fn every_bad_input_gets_its_error_and_the_room_goes_on() {
     let s = Server::start(ServerOpts::new()).await;
-    let (mut a, mut b) = bystanders(&s).await;
+    let (mut a, mut b) = two_in_room(&s, "r1").await;
     let mut c = Client::connect_as(&s, "u3", None).await;
     c.login("r1").await;
     a.recv_event("login").await;
@@ -94,7 +94,7 @@ async fn every_bad_input_gets_its_error_and_the_room_goes_on() {
 #[tokio::test]
 async fn text_limit_counts_characters_not_bytes() {
     let s = Server::start(ServerOpts::new()).await;
-    let (mut a, mut b) = bystanders(&s).await;
+    let (mut a, mut b) = two_in_room(&s, "r1").await;
     let max = "é".repeat(4096); // 8192 bytes, 4096 characters: allowed
     a.say("r1", &max).await;
     assert_eq!(a.recv_json().await["message"], max.as_str());
@@ -107,7 +107,7 @@ async fn text_limit_counts_characters_not_bytes() {
 #[tokio::test]
 async fn text_limit_is_configurable() {
     let s = Server::start(ServerOpts::new().arg("--max-text-chars", 10)).await;
-    let (mut a, _b) = bystanders(&s).await;
+    let (mut a, _b) = two_in_room(&s, "r1").await;
     a.say("r1", "0123456789").await;
     assert_eq!(a.recv_json().await["message"], "0123456789");
     a.say("r1", "0123456789a").await;
@@ -142,8 +142,7 @@ async fn input_errors_come_before_auth() {
     c.send_binary(b"bin").await;
     c.expect_error("binary_unsupported").await;
     // still usable: auth then chat
-    c.auth(&token("u9", None, 3600)).await;
-    c.uid = Some("u9".into());
+    c.auth_as("u9", None, 3600).await;
     c.login("r1").await;
 }
 
@@ -180,10 +179,7 @@ async fn smuggled_identity_fields_are_ignored() {
 /// the raw client, expects close `code` and a TCP close, then checks the room still works.
 async fn violation(opts: ServerOpts, bytes: Vec<Vec<u8>>, code: u16) {
     let s = Server::start(opts).await;
-    let (mut a, mut b) = bystanders(&s).await;
-    let mut r = RawWs::connect_as(&s, "raw", "r1").await;
-    a.recv_event("login").await;
-    b.recv_event("login").await;
+    let (mut a, mut b, mut r) = bystanders_and_raw(&s).await;
     for chunk in &bytes {
         if !r.try_send_bytes(chunk).await {
             break; // the server may close before reading everything
@@ -305,10 +301,7 @@ async fn max_message_bytes_is_configurable() {
 #[tokio::test]
 async fn message_of_exactly_the_limit_is_allowed_whole_and_fragmented() {
     let s = Server::start(ServerOpts::new()).await;
-    let (mut a, mut b) = bystanders(&s).await;
-    let mut r = RawWs::connect_as(&s, "raw", "r1").await;
-    a.recv_event("login").await;
-    b.recv_event("login").await;
+    let (mut a, mut b, mut r) = bystanders_and_raw(&s).await;
     let msg = padded_message(65536);
     r.send_frame(true, 0, OP_TEXT, &msg).await;
     assert_eq!(r.recv_json().await["message"], "x");
@@ -327,10 +320,7 @@ async fn message_of_exactly_the_limit_is_allowed_whole_and_fragmented() {
 #[tokio::test]
 async fn fragmented_message_is_reassembled_with_interleaved_ping() {
     let s = Server::start(ServerOpts::new()).await;
-    let (mut a, mut b) = bystanders(&s).await;
-    let mut r = RawWs::connect_as(&s, "raw", "r1").await;
-    a.recv_event("login").await;
-    b.recv_event("login").await;
+    let (mut a, mut b, mut r) = bystanders_and_raw(&s).await;
     let m = msg_json("réassemblé");
     let bytes = m.as_bytes();
     // split inside the two-byte "é" on purpose
@@ -355,7 +345,7 @@ async fn fragmented_message_is_reassembled_with_interleaved_ping() {
 #[tokio::test]
 async fn client_close_is_echoed_with_its_code() {
     let s = Server::start(ServerOpts::new()).await;
-    let (mut a, _b) = bystanders(&s).await;
+    let (mut a, _b) = two_in_room(&s, "r1").await;
     let mut r = RawWs::connect_as(&s, "raw", "r1").await;
     a.recv_event("login").await;
     r.send_frame(true, 0, OP_CLOSE, &[0x03, 0xE8, b'b', b'y', b'e']).await;

@@ -4,7 +4,7 @@ mod common;
 use common::*;
 use serde_json::json;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
 async fn wss_two_clients_chat() {
@@ -59,29 +59,16 @@ async fn plaintext_client_on_a_tls_port_does_not_hurt() {
     let s = Server::start(ServerOpts::new().tls().arg("--handshake-timeout", 2)).await;
     let mut tcp = tokio::net::TcpStream::connect(s.addr()).await.unwrap();
     let _ = tcp.write_all(upgrade_request(&s, "/ws", &[]).as_bytes()).await;
-    let mut buf = [0u8; 1024];
-    let dropped = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match tcp.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
-            }
-        }
-    })
-    .await;
-    assert!(dropped.is_ok(), "a plaintext request on the TLS port should be dropped");
+    assert!(
+        dropped_within(&mut tcp, Duration::from_secs(10)).await,
+        "a plaintext request on the TLS port should be dropped"
+    );
     // an idle TCP connection that never starts TLS is dropped by the handshake timeout
     let mut idle = tokio::net::TcpStream::connect(s.addr()).await.unwrap();
-    let dropped = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match idle.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
-            }
-        }
-    })
-    .await;
-    assert!(dropped.is_ok(), "an idle connection should be dropped by the handshake timeout");
+    assert!(
+        dropped_within(&mut idle, Duration::from_secs(10)).await,
+        "an idle connection should be dropped by the handshake timeout"
+    );
     let mut a = Client::connect_as(&s, "u1", None).await;
     a.login("r1").await;
 }
@@ -90,18 +77,7 @@ async fn plaintext_client_on_a_tls_port_does_not_hurt() {
 async fn cert_without_key_is_a_startup_error() {
     let dir = tempfile::tempdir().unwrap();
     let tls = generate_tls(dir.path());
-    let data = dir.path().join("data");
-    let (st, out, err) = run_natter(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--data",
-        data.to_str().unwrap(),
-        "--jwt-secret",
-        SECRET,
-        "--cert",
-        tls.cert_path.to_str().unwrap(),
-    ]);
+    let (st, out, err) = run_serve(dir.path(), &["--cert", tls.cert_path.to_str().unwrap()]);
     assert!(!st.success(), "natter started with --cert and no --key; stdout {out:?}");
     assert!(err.contains("--key"), "stderr should name --key: {err:?}");
     assert!(!out.contains("listening"), "{out:?}");
@@ -111,18 +87,7 @@ async fn cert_without_key_is_a_startup_error() {
 async fn key_without_cert_is_a_startup_error() {
     let dir = tempfile::tempdir().unwrap();
     let tls = generate_tls(dir.path());
-    let data = dir.path().join("data");
-    let (st, out, err) = run_natter(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--data",
-        data.to_str().unwrap(),
-        "--jwt-secret",
-        SECRET,
-        "--key",
-        tls.key_path.to_str().unwrap(),
-    ]);
+    let (st, out, err) = run_serve(dir.path(), &["--key", tls.key_path.to_str().unwrap()]);
     assert!(!st.success(), "natter started with --key and no --cert; stdout {out:?}");
     assert!(err.contains("--cert"), "stderr should name --cert: {err:?}");
 }
@@ -131,57 +96,22 @@ async fn key_without_cert_is_a_startup_error() {
 async fn unreadable_or_bad_cert_files_are_startup_errors() {
     let dir = tempfile::tempdir().unwrap();
     let tls = generate_tls(dir.path());
-    let data = dir.path().join("data");
-    let data = data.to_str().unwrap();
     let missing = dir.path().join("no-such-cert.pem");
-    let (st, _, err) = run_natter(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--data",
-        data,
-        "--jwt-secret",
-        SECRET,
-        "--cert",
-        missing.to_str().unwrap(),
-        "--key",
-        tls.key_path.to_str().unwrap(),
-    ]);
+    let (st, _, err) =
+        run_serve(dir.path(), &["--cert", missing.to_str().unwrap(), "--key", tls.key_path.to_str().unwrap()]);
     assert!(!st.success());
     assert!(err.contains("no-such-cert.pem"), "stderr should name the cert file: {err:?}");
 
     let missing_key = dir.path().join("no-such-key.pem");
-    let (st, _, err) = run_natter(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--data",
-        data,
-        "--jwt-secret",
-        SECRET,
-        "--cert",
-        tls.cert_path.to_str().unwrap(),
-        "--key",
-        missing_key.to_str().unwrap(),
-    ]);
+    let (st, _, err) =
+        run_serve(dir.path(), &["--cert", tls.cert_path.to_str().unwrap(), "--key", missing_key.to_str().unwrap()]);
     assert!(!st.success());
     assert!(err.contains("no-such-key.pem"), "stderr should name the key file: {err:?}");
 
     let garbage = dir.path().join("garbage.pem");
     std::fs::write(&garbage, "this is not a certificate\n").unwrap();
-    let (st, _, err) = run_natter(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--data",
-        data,
-        "--jwt-secret",
-        SECRET,
-        "--cert",
-        garbage.to_str().unwrap(),
-        "--key",
-        tls.key_path.to_str().unwrap(),
-    ]);
+    let (st, _, err) =
+        run_serve(dir.path(), &["--cert", garbage.to_str().unwrap(), "--key", tls.key_path.to_str().unwrap()]);
     assert!(!st.success());
     assert!(err.contains("garbage.pem"), "stderr should name the bad cert file: {err:?}");
 }

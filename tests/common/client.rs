@@ -1,5 +1,6 @@
 //! The tokio-tungstenite WebSocket [`Client`] (ws or wss): [`ConnectOpts`], connecting and
-//! authenticating, sending events, closing. The receive side lives in `client/recv.rs`.
+//! authenticating, sending events, closing, and [`two_in_room`] (the usual two-member room).
+//! The receive side lives in `client/recv.rs`.
 
 use std::time::Duration;
 
@@ -133,16 +134,14 @@ impl Client {
     /// given). A plain client gets no reply to a good auth.
     pub async fn connect_as(server: &Server, uid: &str, name: Option<&str>) -> Client {
         let mut c = Self::connect(server).await;
-        c.auth(&token(uid, name, 3600)).await;
-        c.uid = Some(uid.to_string());
+        c.auth_as(uid, name, 3600).await;
         c
     }
 
     /// `natter.v1` connection, `auth` event, and the `auth` ok reply is consumed and returned.
     pub async fn connect_v1_as(server: &Server, uid: &str, name: Option<&str>) -> (Client, Value) {
         let mut c = Self::connect_with(server, ConnectOpts::v1()).await;
-        c.auth(&token(uid, name, 3600)).await;
-        c.uid = Some(uid.to_string());
+        c.auth_as(uid, name, 3600).await;
         let ok = c.recv_json().await;
         assert_eq!(ok["event"], "auth", "expected auth ok, got {ok}");
         assert_eq!(ok["message"], "ok", "expected auth ok, got {ok}");
@@ -173,6 +172,13 @@ impl Client {
 
     pub async fn auth(&mut self, tok: &str) {
         self.send_json(&json!({"event":"auth","message":tok})).await;
+    }
+
+    /// An `auth` event with a fresh token for `uid` (name claim when given, expiring in
+    /// `ttl_secs`), then `uid` is recorded as this client's uid. Reads no reply.
+    pub async fn auth_as(&mut self, uid: &str, name: Option<&str>, ttl_secs: i64) {
+        self.auth(&token(uid, name, ttl_secs)).await;
+        self.uid = Some(uid.to_string());
     }
 
     /// Send `login` and wait for this uid's own `login` broadcast for that room (skipping other
@@ -222,6 +228,21 @@ impl Client {
     pub fn into_ws(self) -> Ws {
         self.ws
     }
+}
+
+/// u1 and u2 (no name claims) log into `room`, u2 after u1, and u1 has seen u2's `login`.
+pub async fn two_in_room(server: &Server, room: &str) -> (Client, Client) {
+    two_in_room_as(server, room, [None, None]).await
+}
+
+/// [`two_in_room`] with name claims `names` for u1 and u2.
+pub async fn two_in_room_as(server: &Server, room: &str, names: [Option<&str>; 2]) -> (Client, Client) {
+    let mut a = Client::connect_as(server, "u1", names[0]).await;
+    a.login(room).await;
+    let mut b = Client::connect_as(server, "u2", names[1]).await;
+    b.login(room).await;
+    a.recv_event("login").await;
+    (a, b)
 }
 
 #[derive(Debug)]

@@ -1,8 +1,11 @@
 //! Minimal HTTP/1.1 over TCP or TLS: [`raw_http`], [`http_get`], [`healthz`], [`metrics`] /
-//! [`metric_value`], the hand-made [`upgrade_request`] and [`read_head`].
+//! [`metric_value`], the hand-made [`upgrade_request`] and [`read_head`], and
+//! [`dropped_within`] for connections the server should drop.
+
+use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::{BoxIo, Server, RECV_TIMEOUT};
 
@@ -21,6 +24,22 @@ impl HttpResponse {
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
     }
+}
+
+/// Reads and discards whatever arrives on `sock` until the server drops it (EOF or a read
+/// error): true when that happens within `dur`, false on timeout.
+pub async fn dropped_within(sock: &mut (impl AsyncRead + Unpin), dur: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(dur, async {
+        loop {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue, // e.g. a 408 response before the close
+            }
+        }
+    })
+    .await
+    .is_ok()
 }
 
 /// Build an upgrade request by hand. `extra` lines are appended as-is ("Name: value").

@@ -11,14 +11,14 @@
 //! they go to a file in the server's temp dir and are printed when startup fails.
 //!
 //! Every public name is re-exported here, so test files only need `use common::*;`:
-//! - `server`: [`ServerOpts`], [`Server`], [`run_natter`].
+//! - `server`: [`ServerOpts`], [`Server`], [`run_natter`], [`run_serve`].
 //! - `tokens`: [`token`], [`token_claims`], [`alg_none_token`], [`b64url`].
 //! - `tls`: [`TlsFiles`], [`generate_tls`], [`tls_client_config`].
-//! - `client`: [`Client`], [`ConnectOpts`], [`Incoming`], [`ConnectError`] (receive side in
-//!   `client/recv.rs`).
+//! - `client`: [`Client`], [`ConnectOpts`], [`Incoming`], [`ConnectError`], [`two_in_room`],
+//!   [`two_in_room_as`] (receive side in `client/recv.rs`).
 //! - `raw`: [`RawWs`], [`RawFrame`], [`encode_frame`], opcodes and [`MASK`].
 //! - `http`: [`raw_http`], [`http_get`], [`healthz`], [`metrics`], [`metric_value`],
-//!   [`upgrade_request`], [`read_head`].
+//!   [`upgrade_request`], [`read_head`], [`dropped_within`].
 //! - `checks`: `assert_*` field-set checks and [`wait_for`].
 #![allow(dead_code)]
 
@@ -39,10 +39,12 @@ mod tokens;
 #[allow(unused_imports)]
 pub use {
     checks::{assert_keys, assert_login, assert_logout, assert_message, assert_ts, wait_for},
-    client::{is_heartbeat_ping, Client, ConnectError, ConnectOpts, Incoming},
-    http::{healthz, http_get, metric_value, metrics, raw_http, read_head, upgrade_request, HttpResponse},
+    client::{is_heartbeat_ping, two_in_room, two_in_room_as, Client, ConnectError, ConnectOpts, Incoming},
+    http::{
+        dropped_within, healthz, http_get, metric_value, metrics, raw_http, read_head, upgrade_request, HttpResponse,
+    },
     raw::{encode_frame, RawFrame, RawWs, MASK, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT},
-    server::{run_natter, Server, ServerOpts},
+    server::{run_natter, run_serve, Server, ServerOpts},
     tls::{generate_tls, tls_client_config, TlsFiles},
     tokens::{alg_none_token, b64url, token, token_claims},
 };

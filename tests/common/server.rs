@@ -1,8 +1,9 @@
 //! The server process: [`ServerOpts`], [`Server`] (spawn / kill / terminate / restart
-//! `natter serve`, byte streams to it) and [`run_natter`] for one-shot CLI runs.
+//! `natter serve`, byte streams to it), [`run_natter`] for one-shot CLI runs and [`run_serve`]
+//! for a foreground `natter serve` expected to fail at startup.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -327,4 +328,13 @@ pub fn run_natter(args: &[&str]) -> (ExitStatus, String, String) {
     }
     let out = child.wait_with_output().unwrap();
     (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Run `natter serve --listen 127.0.0.1:0 --data <dir>/data --jwt-secret SECRET <extra...>` in the
+/// foreground via [`run_natter`] (for startup errors): returns (exit status, stdout, stderr).
+pub fn run_serve(dir: &Path, extra: &[&str]) -> (ExitStatus, String, String) {
+    let data = dir.join("data");
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--data", data.to_str().unwrap(), "--jwt-secret", SECRET];
+    args.extend_from_slice(extra);
+    run_natter(&args)
 }
