@@ -81,9 +81,11 @@ impl Session {
         self.send(&protocol::error(code, detail));
     }
 
-    fn name(&self) -> &str {
+    /// The session's identity: uid from the token; name from the token, else the latest login,
+    /// else the uid. Borrowed, so the publish path allocates nothing for it.
+    fn who(&self) -> Who<'_> {
         let a = self.auth.as_ref().expect("only called when authenticated");
-        a.token_name.as_deref().or(self.login_name.as_deref()).unwrap_or(&a.uid)
+        Who { uid: &a.uid, name: a.token_name.as_deref().or(self.login_name.as_deref()).unwrap_or(&a.uid) }
     }
 
     fn expired(&self) -> bool {
@@ -130,10 +132,14 @@ impl Session {
         self.clock.exp_ms.store(id.exp.saturating_mul(1000).max(1), Ordering::Relaxed);
         self.clock.changed.notify_one();
         if self.v1 {
-            let name = self.name().to_string();
-            self.send(&protocol::auth_ok(&id.uid, &name, id.exp));
+            let who = self.who();
+            self.send(&protocol::auth_ok(who.uid, who.name, id.exp));
         }
         Flow::Continue
+    }
+
+    pub fn on_binary(&mut self) {
+        self.error(ErrorCode::BinaryUnsupported, "binary frames are not supported: send JSON text");
     }
 
     pub fn on_text(&mut self, text: &str) -> Flow {
@@ -190,9 +196,7 @@ impl Session {
             let detail = format!("a connection can be in at most {} rooms", self.env.limits.max_rooms_per_connection);
             return self.error(ErrorCode::BadRoom, &detail);
         }
-        let uid = self.auth.as_ref().expect("authenticated").uid.clone();
-        let who = Who { uid: &uid, name: self.name() };
-        match self.env.hub.join(&self.conn, &who, roomid, since) {
+        match self.env.hub.join(&self.conn, &self.who(), roomid, since) {
             Ok(joined) => {
                 if new_room {
                     self.rooms.push(roomid.to_string());
@@ -210,9 +214,7 @@ impl Session {
             return self.error(ErrorCode::NotInRoom, "this connection has not joined that room");
         };
         self.rooms.swap_remove(pos);
-        let uid = self.auth.as_ref().expect("authenticated").uid.clone();
-        let who = Who { uid: &uid, name: self.name() };
-        if let Err(e) = self.env.hub.leave(&self.conn, &who, roomid) {
+        if let Err(e) = self.env.hub.leave(&self.conn, &self.who(), roomid) {
             self.hub_error(e);
         }
     }
@@ -263,9 +265,7 @@ impl Session {
                 }
             },
         };
-        let uid = self.auth.as_ref().expect("authenticated").uid.clone();
-        let who = Who { uid: &uid, name: self.name() };
-        if let Err(e) = self.env.hub.publish(&self.conn, &who, &roomid, text, cid) {
+        if let Err(e) = self.env.hub.publish(&self.conn, &self.who(), &roomid, text, cid) {
             self.hub_error(e);
         }
         Flow::Continue
@@ -276,11 +276,10 @@ impl Drop for Session {
     /// However the connection ends (even by task abort), it leaves its rooms and frees its
     /// uid slot exactly once.
     fn drop(&mut self) {
-        if let Some(a) = self.auth.take() {
-            let name = a.token_name.clone().or(self.login_name.clone()).unwrap_or_else(|| a.uid.clone());
-            let who = Who { uid: &a.uid, name: &name };
+        if self.auth.is_some() {
+            let who = self.who();
             self.env.hub.disconnect(&self.conn, &who, &self.rooms);
-            self.env.hub.release_uid(&a.uid);
+            self.env.hub.release_uid(who.uid);
         }
         self.env.hub.unregister(&self.conn);
     }

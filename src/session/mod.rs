@@ -162,10 +162,7 @@ async fn read_loop<R: AsyncRead + Unpin>(r: R, env: Arc<Env>, conn: Arc<Conn>, c
             }
             Ok(Input::Pong) => Flow::Continue,
             Ok(Input::Binary) => {
-                conn.outbox.push(wire::text(&protocol::error(
-                    protocol::ErrorCode::BinaryUnsupported,
-                    "binary frames are not supported: send JSON text",
-                )));
+                session.on_binary();
                 Flow::Continue
             }
             Ok(Input::Text(t)) => session.on_text(&t),
