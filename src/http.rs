@@ -15,7 +15,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::session::{self, Env, Upgrade};
 
-const PAGE: &str = include_str!("page/index.html");
 const SUBPROTOCOL: &str = "natter.v1";
 
 /// What request handling needs.
@@ -27,6 +26,8 @@ pub struct App {
     pub tls: bool,
     /// `--dev`: the HS256 secret `/dev/token` signs with.
     pub dev_secret: Option<Vec<u8>>,
+    /// The chat page's files.
+    pub page: crate::assets::Page,
     pub shutdown: CancellationToken,
     pub sessions: TaskTracker,
 }
@@ -55,14 +56,24 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>) -> Result<Resp, I
     }
     let metrics = app.env.hub.metrics();
     Ok(match (req.method(), path) {
-        (&Method::GET, "/") | (&Method::GET, "/index.html") => {
-            respond(StatusCode::OK, "text/html; charset=utf-8", PAGE)
-        }
+        (&Method::GET, p) if app.page.get(p).is_some() => page_file(app.page.get(p).expect("checked")),
         (&Method::GET, "/healthz") => respond(StatusCode::OK, "application/json", metrics.healthz()),
         (&Method::GET, "/metrics") => respond(StatusCode::OK, "text/plain; version=0.0.4", metrics.prometheus()),
         (&Method::GET, "/dev/token") if app.dev_secret.is_some() => dev_token(&app, req.uri().query()),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     })
+}
+
+fn page_file(asset: &crate::assets::Asset) -> Resp {
+    let mut r = respond(StatusCode::OK, asset.content_type, asset.body.clone());
+    let h = r.headers_mut();
+    h.insert("content-security-policy", HeaderValue::from_static(crate::assets::CSP));
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    // `#token=` never leaves the browser, but a pasted link should not leak where it came from.
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    // Small files; revalidating each time means an upgraded server is seen at once.
+    h.insert("cache-control", HeaderValue::from_static("no-cache"));
+    r
 }
 
 /// `GET /dev/token?uid=U&name=N` (only with `--dev`): a 24 h HS256 token.

@@ -110,6 +110,10 @@ async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
         env,
         allowed_origins: cfg.allowed_origins.clone(),
         tls: tls.is_some(),
+        page: natter::assets::Page::new(&natter::assets::PageSettings {
+            dev: dev_secret.is_some(),
+            heartbeat_ms: cfg.heartbeat.as_millis() as u64,
+        }),
         dev_secret,
         shutdown: shutdown.clone(),
         sessions: tokio_util::task::TaskTracker::new(),

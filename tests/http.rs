@@ -93,6 +93,25 @@ async fn root_serves_the_page_and_both_paths_upgrade() {
     assert_eq!(a.recv_event("message").await["message"], "both paths");
 }
 
+/// The page's files are served from the binary with a policy that keeps the page to its own
+/// origin; the index tells the page the heartbeat interval and whether `/dev/token` exists.
+#[tokio::test]
+async fn page_files_are_served_with_their_types_and_policy() {
+    let s = Server::start(ServerOpts::new().arg("--heartbeat", 7)).await;
+    let index = http_get(&s, "/").await;
+    assert!(index.body.contains(r#"data-dev="false" data-heartbeat-ms="7000""#), "{}", index.body);
+    let csp = index.header("content-security-policy").unwrap_or_default();
+    assert!(csp.contains("connect-src 'self'") && csp.contains("script-src 'self'"), "{csp}");
+    assert_eq!(index.header("x-content-type-options"), Some("nosniff"));
+    for (path, ty) in [("/app.js", "text/javascript"), ("/style.css", "text/css"), ("/icon.svg", "image/svg+xml")] {
+        let r = http_get(&s, path).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert!(r.header("content-type").unwrap_or_default().starts_with(ty), "{path}: {:?}", r.headers);
+        assert!(index.body.contains(&format!("\"{path}\"")), "index does not load {path}");
+    }
+    assert_eq!(http_get(&s, "/missing.js").await.status, 404);
+}
+
 fn upgrade_without(s: &Server, skip: &str, extra: &[&str]) -> String {
     let base = upgrade_request(s, "/ws", extra);
     base.split("\r\n")
