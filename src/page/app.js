@@ -15,7 +15,7 @@ const RESEND_MS = 5_000;
 const MAX_TEXT = 4096;
 
 /** Where the page is: `token` as given, `me` as the server confirmed it. */
-const state = { name: '', token: null, me: null, rooms: new Map(), active: null, devFailures: 0 };
+const state = { name: '', token: null, me: null, rooms: new Map(), active: null, devFailures: 0, leaving: new Set() };
 
 // A token in the URL (`#token=...`) is taken and removed from the address bar and history.
 {
@@ -48,6 +48,12 @@ const conn = new Connection({
   },
   onReady(info) {
     state.me = info.uid;
+    // A leave asked for while disconnected: the server only takes it from a connection in the room.
+    for (const id of state.leaving) {
+      conn.send({ event: 'login', name: state.name, roomid: id });
+      conn.send({ event: 'leave', roomid: id });
+    }
+    state.leaving.clear();
     if (state.token && !settings.dev) sessionStorage.setItem('natter.token', state.token);
     for (const room of state.rooms.values()) conn.send(room.loginEvent(state.name));
   },
@@ -137,27 +143,21 @@ function handle(ev) {
 }
 
 function onMessage(room, m) {
-  const firstReplay = m.replay && room.lastId !== null && m.id > room.lastId + 1;
-  const before = room.lastId;
-  switch (room.classify(m, state.me)) {
-    case 'drop':
-      return;
-    case 'own':
-      view.markEchoed(view.ownPending(room.id, m.cid), m);
-      return;
-    default:
-  }
-  if (firstReplay && before !== null) {
-    view.notice(room.id, 'gap', `${m.id - before - 1} older message(s) are no longer kept by the server`);
-  }
+  const verdict = room.classify(m, state.me);
+  if (verdict === 'drop') return;
   if (!m.offline && !m.replay) {
+    // Replayed and queued messages carry the counts of their own time, not of now.
     room.num = m.num;
     room.total = m.total;
     view.showCounts(room, room === active());
   }
+  if (verdict === 'own') {
+    view.markEchoed(view.ownPending(room.id, m.cid), m);
+    return;
+  }
   view.message(room.id, m, m.uid === state.me);
-  if (room !== active() || document.hidden) {
-    if (room !== active()) room.unread += 1;
+  if (room !== active()) {
+    room.unread += 1;
     view.showUnread(room);
   }
 }
@@ -192,6 +192,7 @@ function updateLeaveGuard() {
 }
 
 function joinRoom(id) {
+  state.leaving.delete(id);
   if (!state.rooms.has(id)) {
     const room = new Room(id);
     state.rooms.set(id, room);
@@ -212,7 +213,7 @@ function selectRoom(id) {
 function leaveRoom() {
   const room = active();
   if (!room) return;
-  conn.send({ event: 'leave', roomid: room.id });
+  if (!conn.send({ event: 'leave', roomid: room.id })) state.leaving.add(room.id);
   state.rooms.delete(room.id);
   view.removeRoom(room.id);
   updateLeaveGuard();

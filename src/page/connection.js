@@ -95,6 +95,9 @@ export class Connection {
     if (this.ws) return; // connected meanwhile (retryNow raced with this attempt)
     const ws = new WebSocket(this.url, 'natter.v1');
     this.ws = ws;
+    // Armed before the socket opens: a link that swallows the handshake is given up like a
+    // silent open one (the first ping is due within an interval of the upgrade).
+    this.armWatchdog();
     ws.onopen = () => {
       ws.send(JSON.stringify({ event: 'auth', message: token }));
       this.armWatchdog();
