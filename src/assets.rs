@@ -27,6 +27,7 @@ const INDEX: &str = include_str!("page/index.html");
 const FILES: &[(&str, &str, &str)] = &[
     ("/style.css", "text/css; charset=utf-8", include_str!("page/style.css")),
     ("/app.js", "text/javascript; charset=utf-8", include_str!("page/app.js")),
+    ("/chat.js", "text/javascript; charset=utf-8", include_str!("page/chat.js")),
     ("/connection.js", "text/javascript; charset=utf-8", include_str!("page/connection.js")),
     ("/rooms.js", "text/javascript; charset=utf-8", include_str!("page/rooms.js")),
     ("/view.js", "text/javascript; charset=utf-8", include_str!("page/view.js")),

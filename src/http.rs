@@ -88,7 +88,11 @@ fn dev_token(app: &App, query: Option<&str>) -> Resp {
     }
     let secret = app.dev_secret.as_deref().expect("checked by the route");
     match crate::auth::mint(secret, &uid, name.as_deref(), Duration::from_secs(24 * 3600)) {
-        Ok(t) => respond(StatusCode::OK, "application/json", serde_json::json!({ "token": t }).to_string()),
+        Ok(t) => {
+            let mut r = respond(StatusCode::OK, "application/json", serde_json::json!({ "token": t }).to_string());
+            r.headers_mut().insert("cache-control", HeaderValue::from_static("no-store"));
+            r
+        }
         Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "could not mint a token\n"),
     }
 }

@@ -1,8 +1,9 @@
-// The page's glue: settings, token, the join form, compose and room list, and what each server
-// event does to the rooms (rooms.js) and the screen (view.js) over the connection (connection.js).
+// The page's entry point: settings, the token, the forms and keys, wiring the connection
+// (connection.js) to the rooms (chat.js).
 
+import { Chat } from './chat.js';
 import { Connection } from './connection.js';
-import { Room, validRoomId } from './rooms.js';
+import { validName, validRoomId } from './rooms.js';
 import * as view from './view.js';
 
 const $ = (id) => document.getElementById(id);
@@ -10,32 +11,34 @@ const settings = {
   dev: document.body.dataset.dev === 'true',
   heartbeatMs: Number(document.body.dataset.heartbeatMs) || 30_000,
 };
-/** An unacked message is sent again after this long (the server drops a repeated cid). */
-const RESEND_MS = 5_000;
 const MAX_TEXT = 4096;
 
-/** Where the page is: `token` as given, `me` as the server confirmed it. */
-const state = { name: '', token: null, me: null, rooms: new Map(), active: null, devFailures: 0, leaving: new Set() };
+/** The token as given (URL, paste box, /dev/token); `devFailures`: refused dev tokens in a row. */
+const auth = { token: null, devFailures: 0 };
 
 // A token in the URL (`#token=...`) is taken and removed from the address bar and history.
 {
   const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
   if (m) {
-    state.token = decodeURIComponent(m[1]);
+    try {
+      auth.token = decodeURIComponent(m[1]);
+    } catch {
+      auth.token = m[1];
+    }
     history.replaceState(null, '', location.pathname + location.search);
   } else {
-    state.token = sessionStorage.getItem('natter.token');
+    auth.token = sessionStorage.getItem('natter.token');
   }
 }
 
 async function getToken() {
-  if (state.token) return state.token;
+  if (auth.token) return auth.token;
   if (!settings.dev) return null;
-  const q = new URLSearchParams({ uid: state.name, name: state.name });
+  const q = new URLSearchParams({ uid: chat.me ?? chat.name, name: chat.name });
   const r = await fetch(`/dev/token?${q}`, { cache: 'no-store' });
   if (!r.ok) throw new Error(await r.text());
-  state.token = (await r.json()).token;
-  return state.token;
+  auth.token = (await r.json()).token;
+  return auth.token;
 }
 
 const conn = new Connection({
@@ -43,36 +46,39 @@ const conn = new Connection({
   getToken,
   onStatus: view.showStatus,
   onAuth(info) {
-    state.devFailures = 0;
+    auth.devFailures = 0;
+    if (auth.token && !settings.dev) sessionStorage.setItem('natter.token', auth.token);
+    $('token-form').hidden = true;
     scheduleDevRefresh(info.exp);
+    chat.reauthed();
   },
   onReady(info) {
-    state.me = info.uid;
-    // A leave asked for while disconnected: the server only takes it from a connection in the room.
-    for (const id of state.leaving) {
-      conn.send({ event: 'login', name: state.name, roomid: id });
-      conn.send({ event: 'leave', roomid: id });
-    }
-    state.leaving.clear();
-    if (state.token && !settings.dev) sessionStorage.setItem('natter.token', state.token);
-    for (const room of state.rooms.values()) conn.send(room.loginEvent(state.name));
+    chat.connected(info.uid);
   },
   onDown() {
-    for (const room of state.rooms.values()) room.disconnected();
+    chat.disconnected();
+  },
+  onPong() {
+    chat.pong();
   },
   onNoauth(reason) {
-    // Refused or expired: the token is of no more use. What the user typed stays where it is.
-    state.token = null;
+    // Refused or expired: the token is of no more use. What the user typed stays where it is,
+    // and unsent messages stay in the outbox.
+    auth.token = null;
     sessionStorage.removeItem('natter.token');
-    if (settings.dev && state.devFailures < 2) {
-      state.devFailures += 1;
-      getToken().then((t) => conn.useToken(t), () => conn.needToken('could not get a token'));
+    if (settings.dev && auth.devFailures < 2) {
+      auth.devFailures += 1;
+      getToken().then(
+        (t) => conn.useToken(t),
+        () => conn.retryLater(),
+      );
       return;
     }
     askForToken(reason);
   },
-  onEvent: handle,
+  onEvent: (ev) => chat.handle(ev),
 });
+const chat = new Chat(conn);
 
 /** In dev mode the page fetches a fresh token a minute before this one expires. */
 let refreshTimer = null;
@@ -80,152 +86,34 @@ function scheduleDevRefresh(exp) {
   clearTimeout(refreshTimer);
   if (!settings.dev || typeof exp !== 'number') return;
   const wait = Math.max(1000, exp * 1000 - Date.now() - 60_000);
-  refreshTimer = setTimeout(() => {
-    state.token = null;
-    getToken().then((t) => conn.useToken(t), () => {});
-  }, Math.min(wait, 2 ** 31 - 1));
+  refreshTimer = setTimeout(
+    () => {
+      auth.token = null;
+      getToken().then(
+        (t) => conn.useToken(t),
+        () => {},
+      );
+    },
+    Math.min(wait, 2 ** 31 - 1),
+  );
 }
 
+/** The prompt does not take the focus: the user may be in the middle of a sentence. */
 function askForToken(reason) {
   conn.needToken('sign-in needed');
   $('token-reason').textContent = `The server refused the token: ${reason}. Paste a new one to go on.`;
   $('token-form').hidden = false;
-  $('token-input').focus();
 }
 
 $('token-form').addEventListener('submit', (e) => {
   e.preventDefault();
   const t = $('token-input').value.trim();
   if (!t) return;
-  state.token = t;
+  auth.token = t;
   $('token-input').value = '';
   $('token-form').hidden = true;
   conn.useToken(t);
-  $('compose-text').focus();
 });
-
-function handle(ev) {
-  const room = state.rooms.get(ev.roomid);
-  switch (ev.event) {
-    case 'login':
-      if (!room) return;
-      room.num = ev.num;
-      room.total = ev.total;
-      if (ev.uid === state.me && !room.joined) {
-        const relogin = room.loggedIn(ev.ts);
-        if (!relogin) view.notice(room.id, 'join', `welcome ${ev.name}`);
-        flushOutbox(room, true);
-      } else {
-        view.notice(room.id, 'join', `welcome ${ev.name}`);
-      }
-      view.showCounts(room, room === active());
-      return;
-    case 'logout':
-      if (!room) return;
-      room.num = ev.num;
-      room.total = ev.total;
-      view.notice(room.id, 'leave', `${ev.name} left`);
-      view.showCounts(room, room === active());
-      return;
-    case 'message':
-      if (room) onMessage(room, ev);
-      return;
-    case 'ack':
-      if (room && room.acked(ev.cid, ev.id)) view.markStored(view.ownPending(room.id, ev.cid), ev.id);
-      updateLeaveGuard();
-      return;
-    case 'error':
-      onError(ev);
-      return;
-    default:
-    // An event this page does not know is not shown: it may be from a newer server.
-  }
-}
-
-function onMessage(room, m) {
-  const verdict = room.classify(m, state.me);
-  if (verdict === 'drop') return;
-  if (!m.offline && !m.replay) {
-    // Replayed and queued messages carry the counts of their own time, not of now.
-    room.num = m.num;
-    room.total = m.total;
-    view.showCounts(room, room === active());
-  }
-  if (verdict === 'own') {
-    view.markEchoed(view.ownPending(room.id, m.cid), m);
-    return;
-  }
-  view.message(room.id, m, m.uid === state.me);
-  if (room !== active()) {
-    room.unread += 1;
-    view.showUnread(room);
-  }
-}
-
-function onError(ev) {
-  const room = active();
-  if (!room) return;
-  const text =
-    ev.code === 'rate_limited' ? 'Slow down: that message was not accepted; it will be sent again shortly.' : ev.message;
-  view.notice(room.id, 'error', text);
-}
-
-const active = () => state.rooms.get(state.active) ?? null;
-
-/** Send what the outbox holds for a room: all of it after a login, else what is overdue. */
-function flushOutbox(room, all) {
-  if (!room.joined) return;
-  const now = Date.now();
-  for (const [cid, e] of room.due(now, all ? 0 : RESEND_MS)) {
-    if (!conn.send({ event: 'message', roomid: room.id, message: e.text, cid })) return;
-    e.sentAt = now;
-  }
-}
-
-setInterval(() => {
-  for (const room of state.rooms.values()) flushOutbox(room, false);
-}, 1000);
-
-function updateLeaveGuard() {
-  const pending = [...state.rooms.values()].some((r) => r.outbox.size > 0);
-  onbeforeunload = pending ? (e) => e.preventDefault() : null;
-}
-
-function joinRoom(id) {
-  state.leaving.delete(id);
-  if (!state.rooms.has(id)) {
-    const room = new Room(id);
-    state.rooms.set(id, room);
-    view.addRoom(id, selectRoom);
-    conn.send(room.loginEvent(state.name));
-  }
-  selectRoom(id);
-}
-
-function selectRoom(id) {
-  const room = state.rooms.get(id);
-  state.active = id;
-  room.unread = 0;
-  view.selectRoom(room);
-  $('compose-text').focus();
-}
-
-function leaveRoom() {
-  const room = active();
-  if (!room) return;
-  if (!conn.send({ event: 'leave', roomid: room.id })) state.leaving.add(room.id);
-  state.rooms.delete(room.id);
-  view.removeRoom(room.id);
-  updateLeaveGuard();
-  const next = state.rooms.keys().next();
-  if (next.done) {
-    $('chat').hidden = true;
-    $('join').hidden = false;
-    $('join-room').focus();
-  } else {
-    selectRoom(next.value);
-  }
-}
 
 function fail(id, text) {
   $(id).textContent = text;
@@ -238,16 +126,18 @@ $('join').addEventListener('submit', (e) => {
   const name = $('join-name').value.trim();
   const roomId = $('join-room').value.trim() || 'default';
   const token = $('join-token').value.trim();
-  if (!name || [...name].length > 64) return fail('join-error', 'Your name: 1 to 64 characters.');
+  if (!validName(name)) return fail('join-error', 'Your name: 1 to 64 characters.');
   if (!validRoomId(roomId)) return fail('join-error', 'Room: letters, digits, - _ . only, up to 64 bytes.');
-  if (!settings.dev && !state.token && !token) return fail('join-error', 'Paste your token to sign in.');
+  if (!settings.dev && !auth.token && !token) return fail('join-error', 'Paste your token to sign in.');
   fail('join-error', '');
-  if (token) state.token = token;
-  state.name = name;
+  if (token) auth.token = token;
+  $('join-token').value = '';
+  chat.name = name;
   $('join').hidden = true;
   $('chat').hidden = false;
-  joinRoom(roomId);
+  chat.join(roomId);
   conn.start();
+  $('compose-text').focus();
 });
 
 $('add-room').addEventListener('submit', (e) => {
@@ -255,26 +145,35 @@ $('add-room').addEventListener('submit', (e) => {
   const id = $('add-room-id').value.trim();
   if (!fail('add-room-error', validRoomId(id) ? '' : 'Letters, digits, - _ . only, up to 64 bytes.')) return;
   $('add-room-id').value = '';
-  joinRoom(id);
+  chat.join(id);
+  $('compose-text').focus();
 });
 
-$('leave-room').addEventListener('click', leaveRoom);
+$('leave-room').addEventListener('click', () => {
+  if (!chat.activeId || !chat.leave(chat.activeId)) return;
+  const next = chat.rooms.keys().next();
+  if (next.done) {
+    $('chat').hidden = true;
+    $('join').hidden = false;
+    $('join-room').focus();
+  } else {
+    chat.select(next.value);
+  }
+});
+
+$('retry-now').addEventListener('click', () => conn.retryNow());
 
 function send() {
-  const room = active();
   const box = $('compose-text');
   const text = box.value.trim();
+  const room = chat.active();
   if (!room || !text) return;
   if ([...text].length > MAX_TEXT) {
     view.notice(room.id, 'error', `A message can be at most ${MAX_TEXT} characters.`);
     return;
   }
-  const cid = room.queue(text);
-  const li = view.message(room.id, { uid: state.me, name: state.name, message: text, cid, ts: Date.now() }, true);
-  view.markPending(li);
+  chat.say(text);
   box.value = '';
-  updateLeaveGuard();
-  flushOutbox(room, false);
 }
 
 $('compose').addEventListener('submit', (e) => {
@@ -288,11 +187,13 @@ $('compose-text').addEventListener('keydown', (e) => {
   }
 });
 
-document.addEventListener('visibilitychange', () => {
-  const room = active();
-  if (!document.hidden && room) view.showUnread(room);
+// Closing or reloading the tab with messages not yet stored asks first (the outbox is in memory).
+addEventListener('beforeunload', (e) => {
+  if (chat.pendingCount() === 0) return;
+  e.preventDefault();
+  e.returnValue = '';
 });
 
-if (!settings.dev && !state.token) $('join-token-row').hidden = false;
+if (!settings.dev && !auth.token) $('join-token-row').hidden = false;
 view.showStatus('offline', 'not connected');
 $('join-name').focus();

@@ -22,7 +22,8 @@ export class Connection {
    * @param {(ev: object) => void} o.onEvent every event but auth, heartbeat and noauth
    * @param {(reason: string) => void} o.onNoauth the token was refused or has expired
    * @param {() => void} o.onDown the connection is gone (rooms must re-login on the next one)
-   * @param {(state: string, text: string) => void} o.onStatus for the indicator
+   * @param {() => void} o.onPong the server answered our heartbeat ping (see chat.js: barriers)
+   * @param {(state: string, text: string, countdown: string) => void} o.onStatus for the indicator
    */
   constructor(o) {
     this.o = o;
@@ -30,7 +31,6 @@ export class Connection {
     this.url = `${proto}//${location.host}/ws`;
     this.ws = null;
     this.ready = false;
-    this.authOk = false;
     /** The server takes events: false again after a `noauth` until a fresh `auth` succeeds. */
     this.authOk = false;
     this.attempt = 0;
@@ -40,8 +40,15 @@ export class Connection {
     this.tick = null;
     this.watchdog = null;
     this.waitingForToken = false;
-    addEventListener('online', () => this.retryNow());
-    addEventListener('offline', () => this.showRetry());
+    /** Set by `halt`: no retries until the user asks (e.g. too many connections). */
+    this.halted = null;
+    // The browser knows the network is gone: say so now, and try again as soon as it is back.
+    addEventListener('offline', () => this.status('offline', 'offline'));
+    addEventListener('online', () => {
+      if (this.halted || this.waitingForToken) return;
+      this.drop();
+      this.retryNow();
+    });
   }
 
   start() {
@@ -72,7 +79,26 @@ export class Connection {
     this.status('auth', text);
   }
 
+  /** Stop trying until the user presses "retry" (`retryNow`): retrying alone would not help. */
+  halt(text) {
+    this.halted = text;
+    if (this.ws) {
+      this.drop();
+    } else {
+      clearTimeout(this.retryTimer);
+      this.retryTimer = null;
+      this.status('halted', text);
+    }
+  }
+
+  /** Give up on this socket (or this attempt) and go through the backoff. */
+  retryLater() {
+    if (this.ws) this.drop();
+    else this.scheduleRetry();
+  }
+
   retryNow() {
+    this.halted = null;
     if (this.ws || this.waitingForToken) return;
     clearTimeout(this.retryTimer);
     this.retryTimer = null;
@@ -99,6 +125,11 @@ export class Connection {
     // silent open one (the first ping is due within an interval of the upgrade).
     this.armWatchdog();
     ws.onopen = () => {
+      if (ws.protocol !== 'natter.v1') {
+        // Without it there is no auth confirmation: a proxy in between dropped the header.
+        this.halt('the server did not accept the natter.v1 subprotocol');
+        return;
+      }
       ws.send(JSON.stringify({ event: 'auth', message: token }));
       this.armWatchdog();
     };
@@ -107,6 +138,8 @@ export class Connection {
   }
 
   receive(data) {
+    // Any frame proves the link alive: a ping queued behind a long replay must not kill it.
+    this.armWatchdog();
     let ev;
     try {
       ev = JSON.parse(data);
@@ -115,10 +148,8 @@ export class Connection {
     }
     switch (ev.event) {
       case 'heartbeat':
-        if (ev.message === 'ping') {
-          this.armWatchdog();
-          if (this.ready) this.ws.send('{"event":"heartbeat","message":"pong"}');
-        }
+        if (ev.message === 'ping' && this.ready) this.ws.send('{"event":"heartbeat","message":"pong"}');
+        else if (ev.message === 'pong') this.o.onPong();
         return;
       case 'auth':
         if (ev.message === 'ok') {
@@ -132,7 +163,8 @@ export class Connection {
         }
         return;
       case 'noauth':
-        this.authOk = false;
+        // A refresh with another user's token leaves the session as it was.
+        if (!/uid mismatch/.test(ev.message)) this.authOk = false;
         this.o.onNoauth(ev.message);
         return;
       default:
@@ -168,6 +200,12 @@ export class Connection {
     this.authOk = false;
     if (wasReady && Date.now() - this.readyAt > STABLE_MS) this.attempt = 0;
     this.o.onDown();
+    clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    if (this.halted) {
+      this.status('halted', this.halted);
+      return;
+    }
     if (this.waitingForToken) {
       this.status('auth', 'sign-in needed');
       return;
@@ -200,13 +238,13 @@ export class Connection {
         return;
       }
       const s = Math.max(0, Math.ceil((this.retryAt - Date.now()) / 1000));
-      this.status('reconnecting', `reconnecting in ${s} s`);
+      this.status('reconnecting', 'reconnecting', ` in ${s} s`);
     };
     show();
     if (this.retryTimer) this.tick = setInterval(show, 1000);
   }
 
-  status(state, text) {
-    this.o.onStatus(state, text);
+  status(state, text, countdown = '') {
+    this.o.onStatus(state, text, countdown);
   }
 }

@@ -1,5 +1,5 @@
 // What the page knows of each joined room: ids seen (for dedupe and `since`), counts, unread,
-// and the outbox of own messages not yet acked. No DOM, no socket: app.js wires it to both.
+// and the outbox of own messages not yet acked. No DOM, no socket: chat.js wires it to both.
 
 /** A cid: random, 1 to 64 characters, unique enough to tell one page's sends apart forever. */
 export function newCid() {
@@ -8,9 +8,15 @@ export function newCid() {
   return 'c' + Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
-/** roomid rule of the protocol: 1 to 64 bytes of letters, digits, `-`, `_`, `.`. */
+/** The server's roomid rule: 1 to 64 bytes of letters, digits, `-`, `_`, `.` (Rust's is_alphanumeric). */
 export function validRoomId(id) {
-  return /^[\p{L}\p{N}._-]+$/u.test(id) && new TextEncoder().encode(id).length <= 64;
+  return /^[\p{Alphabetic}\p{N}._-]+$/u.test(id) && new TextEncoder().encode(id).length <= 64;
+}
+
+/** The server's name rule: 1 to 64 characters, no control characters. */
+export function validName(name) {
+  const n = [...name].length;
+  return n >= 1 && n <= 64 && !/\p{Cc}/u.test(name);
 }
 
 export class Room {
@@ -22,74 +28,105 @@ export class Room {
     this.seen = new Set();
     /** Server time of our first login here: replays from before it are not ours to show. */
     this.joinedTs = null;
-    /** The `login` broadcast for our latest login has come back: sends may go out. */
+    /** The server has taken our login on this connection (its barrier pong came back): sends may go out. */
     this.joined = false;
-    /** Logged in at least once on some connection (the next login is a re-login). */
+    /** Logged in at least once (the next login is a re-login, with `since`). */
     this.everJoined = false;
+    /** Our own "welcome" has been shown (it is not repeated on every reconnect). */
+    this.welcomed = false;
+    /** The server refused the login (bad_room, ...): nothing is sent until a new try. */
+    this.failed = false;
+    this.retries = 0;
     this.num = 0;
     this.total = 0;
     this.unread = 0;
-    /** cid -> { text, sentAt } in send order (Map keeps insertion order). */
+    /**
+     * cid -> { text, sentAt, echoId, live } in send order. `echoId`: the id of the broadcast
+     * copy we saw; `live`: seen on this connection, so the server has it and no resend is due.
+     */
     this.outbox = new Map();
   }
 
-  /** The login event to send now: `since` once we have been here before, so nothing is missed. */
+  /**
+   * The login event to send now. A re-login asks for everything after the last id seen, and
+   * early enough to include any own message whose broadcast we saw but whose ack we lost: if
+   * the replay carries it, it is stored; if not, it is sent again.
+   */
   loginEvent(name) {
     const ev = { event: 'login', name, roomid: this.id };
-    if (this.everJoined) ev.since = this.lastId ?? 0;
+    if (this.everJoined) {
+      let since = this.lastId ?? 0;
+      for (const e of this.outbox.values()) if (e.echoId !== null) since = Math.min(since, e.echoId - 1);
+      ev.since = since;
+    }
     return ev;
   }
 
-  /** Our own `login` came back: from now on the room takes our messages. */
-  loggedIn(ts) {
-    const relogin = this.everJoined;
+  /** The server has processed our login (and queued its replay): the room takes messages. */
+  loggedIn() {
     this.joined = true;
     this.everJoined = true;
-    if (this.joinedTs === null) this.joinedTs = ts;
-    return relogin;
+    this.failed = false;
+    this.retries = 0;
   }
 
   /**
-   * Decide what to do with an incoming message: 'drop' (seen already, or history from before
-   * we joined), 'own' (the broadcast of a message from our outbox) or 'show'.
+   * What an incoming message is: 'drop' (seen already, or history from before we joined),
+   * 'echo' (the live broadcast of an own message), 'stored' (an own message found in a replay:
+   * the server has it, as good as an ack) or 'show'.
    */
   classify(msg, myUid) {
+    const own = msg.uid === myUid && msg.cid ? this.outbox.get(msg.cid) : undefined;
+    if (own && msg.replay) {
+      this.outbox.delete(msg.cid);
+      this.see(msg.id);
+      return 'stored';
+    }
     if (this.seen.has(msg.id)) return 'drop';
     if (msg.replay && this.lastId === null && this.joinedTs !== null && msg.ts < this.joinedTs) return 'drop';
-    this.seen.add(msg.id);
-    if (this.lastId === null || msg.id > this.lastId) this.lastId = msg.id;
-    if (msg.uid === myUid && msg.cid && this.outbox.has(msg.cid)) return 'own';
+    this.see(msg.id);
+    if (own) {
+      own.echoId = msg.id;
+      own.live = true;
+      return 'echo';
+    }
     return 'show';
   }
 
-  /** An ack's id counts as seen: the broadcast that may follow it is the same message. */
+  see(id) {
+    this.seen.add(id);
+    if (this.lastId === null || id > this.lastId) this.lastId = id;
+  }
+
+  /** An ack for one of our cids; false when it is not ours (e.g. a room left and joined again). */
   acked(cid, id) {
-    const had = this.outbox.delete(cid);
-    if (typeof id === 'number') {
-      this.seen.add(id);
-      if (this.lastId === null || id > this.lastId) this.lastId = id;
-    }
-    return had;
+    if (!this.outbox.delete(cid)) return false;
+    if (typeof id === 'number') this.see(id);
+    return true;
   }
 
   queue(text) {
     const cid = newCid();
-    this.outbox.set(cid, { text, sentAt: 0 });
+    this.outbox.set(cid, { text, sentAt: 0, echoId: null, live: false });
     return cid;
   }
 
-  /** Outbox entries to (re)send: never sent, or sent more than `olderThanMs` ago without an ack. */
+  /** Entries to (re)send: never sent, or sent `olderThanMs` ago with neither ack nor broadcast. */
   due(now, olderThanMs) {
     const out = [];
     for (const [cid, e] of this.outbox) {
+      if (e.live) continue;
       if (e.sentAt === 0 || now - e.sentAt >= olderThanMs) out.push([cid, e]);
     }
     return out;
   }
 
-  /** The connection went away: every message must be resent after the next login. */
+  /** The connection went away: the next login starts over, and every unacked entry is due again. */
   disconnected() {
     this.joined = false;
-    for (const e of this.outbox.values()) e.sentAt = 0;
+    for (const e of this.outbox.values()) {
+      e.sentAt = 0;
+      e.live = false;
+    }
   }
 }

@@ -18,10 +18,16 @@ function timeOf(ts) {
   };
 }
 
-export function showStatus(state, text) {
+/**
+ * The indicator: `text` is what screen readers hear (the status is a live region), `countdown`
+ * (" in 3 s") is only seen, so a ticking countdown is not read out every second.
+ */
+export function showStatus(state, text, countdown = '') {
   const s = $('status');
   s.dataset.state = state;
-  s.textContent = text;
+  s.querySelector('.state').textContent = text;
+  s.querySelector('.countdown').textContent = countdown;
+  $('retry-now').hidden = !(state === 'reconnecting' || state === 'halted');
 }
 
 /** Tab and message list of a new room; `onSelect` when the user picks the tab. */
@@ -30,7 +36,7 @@ export function addRoom(id, onSelect) {
   const tab = el('button', 'room-tab');
   tab.type = 'button';
   tab.dataset.room = id;
-  tab.append(el('span', 'room-name', id), el('span', 'unread'));
+  tab.append(el('span', 'room-name', id), el('span', 'unread'), el('span', 'visually-hidden unread-label'));
   tab.lastChild.hidden = true;
   tab.addEventListener('click', () => onSelect(id));
   li.append(tab);
@@ -39,8 +45,16 @@ export function addRoom(id, onSelect) {
   log.dataset.room = id;
   log.setAttribute('role', 'log');
   log.setAttribute('aria-label', `Messages in ${id}`);
+  log.tabIndex = 0; // scrollable by keyboard
   log.hidden = true;
   $('logs').append(log);
+}
+
+/** The server refused the login: the tab says so, the room says why. */
+export function roomFailed(id, text) {
+  tabOf(id)?.classList.add('failed');
+  tabOf(id)?.setAttribute('title', text);
+  notice(id, 'error', text);
 }
 
 export function removeRoom(id) {
@@ -62,6 +76,7 @@ export function selectRoom(room) {
   showUnread(room);
   const log = logOf(room.id);
   log.scrollTop = log.scrollHeight;
+  $('compose-text').focus();
 }
 
 export function showCounts(room, active) {
@@ -75,7 +90,8 @@ export function showUnread(room) {
   if (!badge) return;
   badge.textContent = String(room.unread);
   badge.hidden = room.unread === 0;
-  badge.setAttribute('aria-label', `${room.unread} unread`);
+  badge.setAttribute('aria-hidden', 'true');
+  badge.nextSibling.textContent = room.unread ? `, ${room.unread} unread` : '';
 }
 
 /** Append to a room's list, keeping it scrolled to the end if the reader was at the end. */
@@ -147,8 +163,13 @@ export function markStored(li, id) {
   }
 }
 
-/** The server's copy of an own pending message: its server time replaces the local one. */
+/**
+ * The server's copy of an own pending message: its server time replaces the local one, and the
+ * entry moves to the end, where the server's order puts it (it may have been typed offline).
+ */
 export function markEchoed(li, m) {
+  if (!li) return;
+  if (li.dataset.id === undefined) append(li.parentElement.dataset.room, li);
   li.dataset.id = String(m.id);
   li.dataset.uid = m.uid;
   li.querySelector('.name').textContent = m.name;
@@ -157,5 +178,4 @@ export function markEchoed(li, m) {
   time.textContent = t.short;
   time.title = t.full;
   time.dateTime = new Date(m.ts).toISOString();
-  if (m.replay) li.classList.add('replay');
 }

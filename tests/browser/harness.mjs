@@ -1,7 +1,7 @@
 // Owns the shared test harness: starting/killing/restarting natter, launching headless Chromium,
 // per-test environments with guaranteed cleanup (and a failure report: natter's stderr, page
 // console, screenshots), the polling `waitFor`, and the page helpers that speak the DOM contract.
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -73,8 +73,15 @@ export async function holdsFor(fn, ms, what = 'condition', intervalMs = 100) {
 
 // ---- natter ----
 export class Natter {
-  constructor(dir) {
+  /**
+   * `dev: false` starts natter without `--dev` (plain http/ws unless `args` give --cert/--key);
+   * `args` are extra `serve` flags (e.g. `['--jwt-leeway', '0']`).
+   */
+  constructor(dir, { dev = true, args = [] } = {}) {
     this.dir = dir;
+    this.dev = dev;
+    this.extraArgs = args;
+    this.scheme = 'https';
     this.data = path.join(dir, 'data');
     this.port = 0;
     this.proc = null;
@@ -97,8 +104,8 @@ export class Natter {
 
   #spawnOnce() {
     const gen = ++this.generation;
-    const args = ['serve', '--listen', `127.0.0.1:${this.port}`, '--data', this.data, '--dev',
-      '--jwt-secret', 'test-secret', '--heartbeat', '2'];
+    const args = ['serve', '--listen', `127.0.0.1:${this.port}`, '--data', this.data,
+      ...(this.dev ? ['--dev'] : []), '--jwt-secret', 'test-secret', '--heartbeat', '2', ...this.extraArgs];
     const proc = spawn(NATTER_BIN, args, { cwd: this.dir, stdio: ['ignore', 'pipe', 'pipe'] });
     children.add(proc);
     this.proc = proc;
@@ -123,10 +130,11 @@ export class Natter {
       });
       proc.stdout.on('data', (d) => {
         out += d;
-        const m = /natter listening on wss:\/\/127\.0\.0\.1:(\d+)/.exec(out);
+        const m = /natter listening on (wss?):\/\/127\.0\.0\.1:(\d+)/.exec(out);
         if (m && timer) {
           clearTimeout(timer);
-          this.port = Number(m[1]);
+          this.scheme = m[1] === 'wss' ? 'https' : 'http';
+          this.port = Number(m[2]);
           resolve(this.port);
         }
       });
@@ -183,8 +191,10 @@ after(async () => {
 });
 
 export class Env {
-  constructor(title) {
+  /** `natter`: options for the Natter (see its constructor). */
+  constructor(title, { natter = {} } = {}) {
     this.title = title;
+    this.natterOpts = natter;
     this.users = [];
     this.gates = [];
     this.notes = [];
@@ -193,13 +203,13 @@ export class Env {
   async init() {
     openEnvs.add(this);
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'natter-browser-'));
-    this.natter = new Natter(this.dir);
+    this.natter = new Natter(this.dir, this.natterOpts);
     await this.natter.start();
     this.browser = await launchBrowser();
   }
 
   get base() {
-    return `https://127.0.0.1:${this.natter.port}`;
+    return `${this.natter.scheme}://127.0.0.1:${this.natter.port}`;
   }
 
   /** A gate proxy in front of natter (same upstream port across restarts). */
@@ -221,6 +231,23 @@ export class Env {
    * joins `room` and waits until the status is `connected`.
    */
   async user(name, { room = 'lobby', via = null, viewport = { width: 1100, height: 760 } } = {}) {
+    const origin = via ? `https://127.0.0.1:${via.port}` : this.base;
+    const u = await this.open(name, { url: `${origin}/`, viewport });
+    const { page } = u;
+    await page.fill('#join-name', name);
+    await page.fill('#join-room', room);
+    await page.click('#join-submit');
+    await page.locator('#chat').waitFor({ state: 'visible' });
+    await page.locator('#join').waitFor({ state: 'hidden' });
+    await waitState(page, 'connected', 20_000);
+    return u;
+  }
+
+  /**
+   * Opens a new browser context for `name` and loads `url` (default: the page at `this.base`,
+   * plus `hash` when given), without joining; waits until the join form is visible.
+   */
+  async open(name, { url = null, hash = '', viewport = { width: 1100, height: 760 } } = {}) {
     const ctx = await this.browser.newContext({ ignoreHTTPSErrors: true, viewport });
     const page = await ctx.newPage();
     page.setDefaultTimeout(15_000);
@@ -228,15 +255,8 @@ export class Env {
     this.users.push(u);
     page.on('console', (m) => u.console.push(`${m.type()}: ${m.text()}`));
     page.on('pageerror', (e) => u.console.push(`pageerror: ${e.message}`));
-    const origin = via ? `https://127.0.0.1:${via.port}` : this.base;
-    await page.goto(`${origin}/`);
+    await page.goto(url ?? `${this.base}/${hash}`);
     await page.locator('#join').waitFor({ state: 'visible' });
-    await page.fill('#join-name', name);
-    await page.fill('#join-room', room);
-    await page.click('#join-submit');
-    await page.locator('#chat').waitFor({ state: 'visible' });
-    await page.locator('#join').waitFor({ state: 'hidden' });
-    await waitState(page, 'connected', 20_000);
     return u;
   }
 
@@ -282,9 +302,9 @@ export class Env {
 }
 
 /** A node:test test with its own Env, a failure report and cleanup on every path. */
-export function scenario(title, fn, { timeout = 120_000 } = {}) {
+export function scenario(title, fn, { timeout = 120_000, natter = {} } = {}) {
   test(title, { timeout }, async () => {
-    const env = new Env(title);
+    const env = new Env(title, { natter });
     try {
       await env.init();
       await fn(env);
@@ -295,6 +315,13 @@ export function scenario(title, fn, { timeout = 120_000 } = {}) {
       await env.close();
     }
   });
+}
+
+/** An HS256 token from `natter token` (`secret` defaults to the one the harness starts natter with). */
+export function mintToken({ sub, name = null, ttl = 3600, secret = 'test-secret' }) {
+  const args = ['token', '--secret', secret, '--sub', sub, '--ttl', String(ttl)];
+  if (name !== null) args.push('--name', name);
+  return execFileSync(NATTER_BIN, args, { encoding: 'utf8', timeout: 10_000 }).trim();
 }
 
 // ---- page helpers (the DOM contract) ----
