@@ -25,6 +25,8 @@ pub enum Command {
     Keys(KeysArgs),
     /// Print one logical store key (redis-cli style). Stop the server first.
     Get(GetArgs),
+    /// Load-test a natter (or any tutorial-protocol) server: fan-out, latency.
+    Bench(Box<crate::bench::BenchArgs>),
 }
 
 /// Durations on the command line are seconds, decimals allowed (`0.5`).

@@ -32,6 +32,7 @@ fn main() {
         Command::Get(g) => {
             open_for_inspection(&g.data).and_then(|s| natter::inspect::get(&s, &g.key)).map(|v| print!("{v}"))
         }
+        Command::Bench(b) => natter::bench::run(*b),
     };
     if let Err(e) = result {
         eprintln!("natter: {e:#}");

@@ -7,6 +7,8 @@ use std::sync::Arc;
 pub struct TlsFiles {
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
+    /// The CA alone, PEM (what a client passes as `--ca`).
+    pub ca_path: PathBuf,
     pub ca_der: Vec<u8>,
 }
 
@@ -29,7 +31,9 @@ pub fn generate_tls(dir: &Path) -> TlsFiles {
     let key_path = dir.join("key.pem");
     std::fs::write(&cert_path, format!("{}{}", leaf.pem(), ca.pem())).unwrap();
     std::fs::write(&key_path, leaf_key.serialize_pem()).unwrap();
-    TlsFiles { cert_path, key_path, ca_der: ca.der().to_vec() }
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    TlsFiles { cert_path, key_path, ca_path, ca_der: ca.der().to_vec() }
 }
 
 pub fn tls_client_config(ca_der: &[u8]) -> Arc<rustls::ClientConfig> {

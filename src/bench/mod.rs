@@ -1,0 +1,229 @@
+//! `natter bench`: a load generator in the same binary, so one copied binary can load-test
+//! another host. It speaks only what every room-broadcast server of the tutorial's family
+//! understands, so the same run works against natter and the tutorial's Node.js server.
+
+pub mod client;
+pub mod fanout;
+pub mod member;
+pub mod payload;
+pub mod report;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+
+use client::Target;
+use member::{Handler, Identity, Member};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Server URL: ws://HOST:PORT/PATH or wss://...
+    #[arg(long)]
+    pub url: String,
+    /// wss: accept any certificate (self-signed local servers).
+    #[arg(long, conflicts_with = "ca")]
+    pub insecure: bool,
+    /// wss: CA certificate(s), PEM, to verify the server with.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// HS256 secret to mint one token per simulated user (sub = name = bN).
+    #[arg(long, env = "NATTER_JWT_SECRET", hide_env_values = true, default_value = "secret")]
+    pub secret: String,
+    /// Use this token for every user instead of minting (one uid: mind the server's per-uid limit).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Source addresses on loopback (127.0.0.1 .. 127.0.0.N), for more than ~28k connections.
+    #[arg(long, default_value_t = 1)]
+    pub sources: u8,
+    /// Connections being set up at once.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Scenario {
+    /// R rooms x M members, all sending: closed loop, or open loop with --rate.
+    Fanout(FanoutArgs),
+    /// A low fixed rate in one room: end-to-end latency.
+    Latency(LatencyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FanoutArgs {
+    #[arg(long, default_value_t = 1)]
+    pub rooms: u32,
+    #[arg(long, default_value_t = 100)]
+    pub members: u32,
+    /// Message text size, bytes.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Messages a second per sender (open loop); without it, closed loop.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Seconds before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+}
+
+#[derive(Args, Debug)]
+pub struct LatencyArgs {
+    #[arg(long, default_value_t = 10)]
+    pub members: u32,
+    /// Messages a second per sender.
+    #[arg(long, default_value_t = 5.0)]
+    pub rate: f64,
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+}
+
+/// What every scenario needs: where to connect, from where, and with which tokens.
+pub struct Setup {
+    pub url: String,
+    target: Target,
+    sources: Vec<IpAddr>,
+    secret: Vec<u8>,
+    token: Option<String>,
+    concurrency: usize,
+}
+
+impl Setup {
+    pub fn new(a: &BenchArgs) -> anyhow::Result<Setup> {
+        let (tls, rest) = if let Some(r) = a.url.strip_prefix("wss://") {
+            (true, r)
+        } else if let Some(r) = a.url.strip_prefix("ws://") {
+            (false, r)
+        } else {
+            bail!("--url must start with ws:// or wss://");
+        };
+        let (hostport, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+        let with_port = if hostport.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+            hostport.to_string()
+        } else {
+            format!("{hostport}:{}", if tls { 443 } else { 80 })
+        };
+        let addr = with_port
+            .to_socket_addrs()
+            .with_context(|| format!("--url: cannot resolve {with_port}"))?
+            .next()
+            .with_context(|| format!("--url: no address for {with_port}"))?;
+        let tls = if tls {
+            let config = client::tls_config(a.ca.as_deref(), a.insecure)?;
+            let host = hostport.rsplit_once(':').map(|(h, _)| h).unwrap_or(hostport).trim_matches(['[', ']']);
+            let name = rustls_pki_types::ServerName::try_from(host.to_string())
+                .with_context(|| format!("--url: {host} is not a valid TLS server name"))?;
+            Some((tokio_rustls::TlsConnector::from(config), name))
+        } else {
+            None
+        };
+        let sources = match addr {
+            SocketAddr::V4(v4) if v4.ip().is_loopback() && a.sources > 1 => {
+                (1..=a.sources).map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i))).collect()
+            }
+            _ => vec![],
+        };
+        Ok(Setup {
+            url: a.url.clone(),
+            target: Target { addr, host: hostport.to_string(), path, tls },
+            sources,
+            secret: a.secret.as_bytes().to_vec(),
+            token: a.token.clone(),
+            concurrency: a.connect_concurrency.max(1),
+        })
+    }
+
+    fn token_for(&self, index: u32) -> anyhow::Result<String> {
+        match &self.token {
+            Some(t) => Ok(t.clone()),
+            None => {
+                let name = member::name_of(index);
+                crate::auth::mint(&self.secret, &name, Some(&name), Duration::from_secs(24 * 3600))
+            }
+        }
+    }
+
+    /// Connect and log in `n` members (member i to room `room_of(i)`), `concurrency` at a time.
+    pub async fn join_all(
+        &self,
+        n: u32,
+        room_of: impl Fn(u32) -> String,
+        handler: Arc<dyn Handler>,
+    ) -> anyhow::Result<(Vec<Member>, Duration)> {
+        let start = Instant::now();
+        let sem = Arc::new(tokio::sync::Semaphore::new(self.concurrency));
+        let mut tasks = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let id = Identity { index: i, token: self.token_for(i)?, room: room_of(i) };
+            let target = self.target.clone();
+            let source = (!self.sources.is_empty()).then(|| self.sources[i as usize % self.sources.len()]);
+            let (sem, handler) = (sem.clone(), handler.clone());
+            tasks.push(tokio::spawn(async move {
+                let _permit = sem.acquire_owned().await.expect("never closed");
+                member::join(&target, source, id, handler, Duration::from_secs(30)).await
+            }));
+        }
+        let mut members = Vec::with_capacity(n as usize);
+        for (i, t) in tasks.into_iter().enumerate() {
+            members.push(t.await?.with_context(|| format!("member {i}"))?);
+        }
+        Ok((members, start.elapsed()))
+    }
+}
+
+/// Run one scenario on a single-threaded runtime: the load generator gets one core, like the
+/// server it measures, and its counters stay uncontended.
+pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    let setup = Setup::new(&a)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let secs = |s: f64, flag: &str| {
+        anyhow::ensure!(s.is_finite() && s >= 0.0, "{flag} must be a non-negative number of seconds");
+        Ok(Duration::from_secs_f64(s))
+    };
+    let report = match &a.scenario {
+        Scenario::Fanout(f) => {
+            if let Some(r) = f.rate {
+                anyhow::ensure!(r.is_finite() && r > 0.0, "--rate must be positive");
+            }
+            let o = fanout::Opts {
+                rooms: f.rooms,
+                members: f.members,
+                size: f.size,
+                warmup: secs(f.warmup, "--warmup")?,
+                duration: secs(f.duration, "--duration")?,
+                rate: f.rate,
+            };
+            rt.block_on(fanout::run(&setup, o))?
+        }
+        Scenario::Latency(l) => {
+            anyhow::ensure!(l.rate.is_finite() && l.rate > 0.0, "--rate must be positive");
+            let o = fanout::Opts {
+                rooms: 1,
+                members: l.members,
+                size: l.size,
+                warmup: secs(l.warmup, "--warmup")?,
+                duration: secs(l.duration, "--duration")?,
+                rate: Some(l.rate),
+            };
+            let mut r = rt.block_on(fanout::run(&setup, o))?;
+            r.scenario = format!("latency: {} members, {}/s per sender", l.members, l.rate);
+            r
+        }
+    };
+    report.print(a.json);
+    Ok(())
+}

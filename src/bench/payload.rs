@@ -1,0 +1,59 @@
+//! The bench's message text: sender, sequence and send time in a marker any room-broadcast
+//! server passes through unchanged (plain ASCII, nothing JSON must escape), padded to `--size`.
+
+/// `~nb|SENDER|SEQ|MICROS|~` then `x` padding.
+pub fn text(sender: u32, seq: u64, micros: u64, size: usize) -> String {
+    let mut s = format!("~nb|{sender}|{seq}|{micros}|~");
+    while s.len() < size {
+        s.push('x');
+    }
+    s
+}
+
+/// What a received frame carries, if it is a bench message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    pub sender: u32,
+    pub seq: u64,
+    pub micros: u64,
+}
+
+/// Find and read the marker anywhere in a frame (the servers wrap it in JSON of their own).
+pub fn parse(frame: &[u8]) -> Option<Mark> {
+    let start = frame.windows(4).position(|w| w == b"~nb|")? + 4;
+    let mut fields = [0u64; 3];
+    let mut i = start;
+    for f in &mut fields {
+        let mut any = false;
+        while let Some(&c) = frame.get(i) {
+            i += 1;
+            if c == b'|' {
+                break;
+            }
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            *f = f.checked_mul(10)?.checked_add((c - b'0') as u64)?;
+            any = true;
+        }
+        if !any {
+            return None;
+        }
+    }
+    (frame.get(i) == Some(&b'~')).then(|| Mark { sender: fields[0] as u32, seq: fields[1], micros: fields[2] })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_round_trip_inside_json() {
+        let t = text(17, 4, 123_456, 64);
+        assert_eq!(t.len(), 64);
+        let frame = format!(r#"{{"event":"message","message":"{t}","num":3}}"#);
+        assert_eq!(parse(frame.as_bytes()), Some(Mark { sender: 17, seq: 4, micros: 123_456 }));
+        assert_eq!(parse(b"~nb|1|2|~"), None);
+        assert_eq!(parse(b"no marker"), None);
+    }
+}

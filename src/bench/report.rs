@@ -1,0 +1,170 @@
+//! What a bench run counts while it runs (lock-free counters, one latency histogram) and how it
+//! is reported: a progress line on a terminal, then a table, or JSON with `--json`.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Shared by every member's reader; `epoch` is the clock the message marks are written in.
+pub struct Stats {
+    pub epoch: Instant,
+    pub sent: AtomicU64,
+    pub delivered: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub errors: AtomicU64,
+    latency: Mutex<Histogram<u64>>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            epoch: Instant::now(),
+            sent: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            // 1 us to 60 s, 3 significant digits.
+            latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")),
+        }
+    }
+}
+
+impl Stats {
+    pub fn now_micros(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// One delivery of a message stamped `sent_micros`.
+    pub fn delivered(&self, sent_micros: u64) {
+        self.delivered.fetch_add(1, Relaxed);
+        let lat = self.now_micros().saturating_sub(sent_micros).max(1);
+        self.latency.lock().expect("not poisoned").saturating_record(lat);
+    }
+
+    pub fn reset_latency(&self) {
+        self.latency.lock().expect("not poisoned").reset();
+    }
+
+    pub fn latency(&self) -> Latency {
+        let h = self.latency.lock().expect("not poisoned");
+        let ms = |v: u64| v as f64 / 1000.0;
+        Latency {
+            samples: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p90_ms: ms(h.value_at_quantile(0.90)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+        }
+    }
+}
+
+#[derive(Serialize, Debug, Clone, Default)]
+pub struct Latency {
+    pub samples: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+/// The result of one run; every figure the table shows.
+#[derive(Serialize, Debug, Clone, Default)]
+pub struct Report {
+    pub scenario: String,
+    pub url: String,
+    pub connections: u64,
+    pub connect_s: f64,
+    pub handshakes_per_s: f64,
+    pub duration_s: f64,
+    pub sent: u64,
+    pub expected: u64,
+    pub delivered: u64,
+    pub deliveries_per_s: f64,
+    pub duplicates: u64,
+    pub lost: u64,
+    pub errors: u64,
+    pub latency: Latency,
+    /// Scenario-specific figures (e.g. acks/s, RSS per idle connection), in table order.
+    pub extra: Vec<(String, f64)>,
+}
+
+impl Report {
+    pub fn print(&self, json: bool) {
+        if json {
+            println!("{}", serde_json::to_string_pretty(self).expect("serializable"));
+            return;
+        }
+        let rows: Vec<(String, String)> = [
+            ("scenario", self.scenario.clone()),
+            ("url", self.url.clone()),
+            ("connections", self.connections.to_string()),
+            ("handshakes/s", format!("{:.0} (all in {:.2} s)", self.handshakes_per_s, self.connect_s)),
+            ("measured for", format!("{:.2} s", self.duration_s)),
+            ("sent", self.sent.to_string()),
+            ("expected deliveries", self.expected.to_string()),
+            ("actual deliveries", self.delivered.to_string()),
+            ("deliveries/s", format!("{:.0}", self.deliveries_per_s)),
+            (
+                "latency ms p50/p90/p99/p99.9/max",
+                format!(
+                    "{:.3} / {:.3} / {:.3} / {:.3} / {:.3}",
+                    self.latency.p50_ms,
+                    self.latency.p90_ms,
+                    self.latency.p99_ms,
+                    self.latency.p999_ms,
+                    self.latency.max_ms
+                ),
+            ),
+            ("lost", self.lost.to_string()),
+            ("duplicated", self.duplicates.to_string()),
+            ("errors", self.errors.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .chain(self.extra.iter().map(|(k, v)| (k.clone(), format!("{v:.1}"))))
+        .collect();
+        let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        for (k, v) in rows {
+            println!("{k:<w$}  {v}");
+        }
+    }
+}
+
+/// A progress line on stderr once a second (only on a terminal), until `stop` is cancelled.
+pub fn progress(stats: std::sync::Arc<Stats>, total: Duration, stop: tokio_util::sync::CancellationToken) {
+    if !std::io::stderr().is_terminal() {
+        return;
+    }
+    tokio::spawn(async move {
+        let start = Instant::now();
+        let mut last = 0;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let d = stats.delivered.load(Relaxed);
+            let done = (start.elapsed().as_secs_f64() / total.as_secs_f64()).min(1.0);
+            let bar = (done * 30.0) as usize;
+            eprint!(
+                "\r[{}{}] {:>5.1} s  delivered {:>10}  {:>9}/s  errors {}   ",
+                "#".repeat(bar),
+                " ".repeat(30 - bar),
+                start.elapsed().as_secs_f64(),
+                d,
+                d - last,
+                stats.errors.load(Relaxed)
+            );
+            last = d;
+        }
+        eprintln!();
+    });
+}

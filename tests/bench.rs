@@ -1,0 +1,60 @@
+//! `natter bench` against a real server: every message it sends must be counted as delivered
+//! exactly once, over ws and over wss (with `--ca` and with `--insecure`), and bad flags get a
+//! clear error.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+fn bench(s: &Server, extra: &[&str]) -> Value {
+    let url = s.ws_url("/ws");
+    let mut args = vec!["bench", "--url", &url, "--secret", SECRET, "--json"];
+    args.extend_from_slice(extra);
+    let (status, out, err) = run_natter(&args);
+    assert!(status.success(), "bench failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("bench --json printed no JSON ({e}): {out}"))
+}
+
+fn assert_all_delivered(r: &Value) {
+    let (sent, expected, delivered) = (r["sent"].as_u64().unwrap(), r["expected"].as_u64().unwrap(), &r["delivered"]);
+    assert!(sent > 0, "{r}");
+    assert_eq!(delivered.as_u64().unwrap(), expected, "{r}");
+    assert_eq!(
+        (r["lost"].as_u64(), r["duplicates"].as_u64(), r["errors"].as_u64()),
+        (Some(0), Some(0), Some(0)),
+        "{r}"
+    );
+    assert!(r["latency"]["samples"].as_u64().unwrap() > 0, "{r}");
+}
+
+#[tokio::test]
+async fn closed_loop_fanout_counts_every_delivery_once() {
+    let s = Server::start(ServerOpts::new().arg("--rate-per-sec", 100_000).arg("--rate-burst", 100_000)).await;
+    let r = bench(&s, &["fanout", "--rooms", "2", "--members", "4", "--warmup", "0.2", "--duration", "0.5"]);
+    assert_all_delivered(&r);
+    assert_eq!(r["expected"].as_u64().unwrap(), r["sent"].as_u64().unwrap() * 3, "{r}");
+    assert_eq!(r["connections"].as_u64(), Some(8));
+}
+
+#[tokio::test]
+async fn open_loop_over_wss_with_a_ca_and_insecure() {
+    let s = Server::start(ServerOpts::new().tls()).await;
+    let ca = s.tls.as_ref().unwrap().ca_path.to_str().unwrap().to_string();
+    let r =
+        bench(&s, &["--ca", &ca, "latency", "--members", "3", "--rate", "20", "--warmup", "0", "--duration", "0.5"]);
+    assert_all_delivered(&r);
+    let r =
+        bench(&s, &["--insecure", "fanout", "--members", "2", "--rate", "20", "--warmup", "0", "--duration", "0.3"]);
+    assert_all_delivered(&r);
+}
+
+#[tokio::test]
+async fn bad_bench_flags_are_named() {
+    let (status, _, err) = run_natter(&["bench", "--url", "http://x", "fanout"]);
+    assert!(!status.success() && err.contains("--url"), "{err}");
+    let (status, _, err) = run_natter(&["bench", "--url", "wss://127.0.0.1:9", "fanout"]);
+    assert!(!status.success() && err.contains("--ca"), "{err}");
+    let (status, _, err) = run_natter(&["bench", "--url", "ws://127.0.0.1:9", "fanout", "--members", "1"]);
+    assert!(!status.success() && err.contains("--members"), "{err}");
+}
