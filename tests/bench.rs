@@ -58,3 +58,28 @@ async fn bad_bench_flags_are_named() {
     let (status, _, err) = run_natter(&["bench", "--url", "ws://127.0.0.1:9", "fanout", "--members", "1"]);
     assert!(!status.success() && err.contains("--members"), "{err}");
 }
+
+#[tokio::test]
+async fn offline_scenario_checks_every_acked_message_arrives_once() {
+    let s = Server::start(ServerOpts::new().arg("--rate-per-sec", 100_000).arg("--rate-burst", 100_000)).await;
+    let r = bench(&s, &["offline", "--senders", "2", "--offline", "3", "--messages", "20"]);
+    assert_eq!((r["sent"].as_u64(), r["expected"].as_u64()), (Some(40), Some(120)), "{r}");
+    assert_eq!(r["delivered"].as_u64(), Some(120), "{r}");
+    assert_eq!(
+        (r["lost"].as_u64(), r["duplicates"].as_u64(), r["errors"].as_u64()),
+        (Some(0), Some(0), Some(0)),
+        "{r}"
+    );
+    let acks = r["extra"].as_array().unwrap().iter().find(|e| e[0] == "acks").unwrap()[1].as_f64();
+    assert_eq!(acks, Some(40.0), "{r}");
+}
+
+#[tokio::test]
+async fn connect_scenario_reads_the_server_rss() {
+    let s = Server::start(ServerOpts::new()).await;
+    let pid = s.pid().to_string();
+    let r = bench(&s, &["connect", "--connections", "20", "--room-size", "5", "--hold", "0.2", "--server-pid", &pid]);
+    assert_eq!((r["connections"].as_u64(), r["errors"].as_u64()), (Some(20), Some(0)), "{r}");
+    let rss = r["extra"].as_array().unwrap().iter().find(|e| e[0] == "server RSS idle, MiB").unwrap()[1].as_f64();
+    assert!(rss.unwrap() > 1.0, "{r}");
+}

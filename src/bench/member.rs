@@ -31,6 +31,7 @@ pub struct Member {
     pub index: u32,
     room: String,
     tx: mpsc::UnboundedSender<Bytes>,
+    reader: tokio::task::JoinHandle<()>,
 }
 
 impl Member {
@@ -39,6 +40,17 @@ impl Member {
     pub fn say(&self, text: &str) -> bool {
         let event = format!(r#"{{"event":"message","roomid":"{}","message":"{text}"}}"#, self.room);
         self.tx.send(client::text_frame(event.as_bytes())).is_ok()
+    }
+
+    /// Queue any event (JSON text).
+    pub fn send_json(&self, event: &str) -> bool {
+        self.tx.send(client::text_frame(event.as_bytes())).is_ok()
+    }
+
+    /// Close the connection (close frame 1000) and wait until the server has closed its side.
+    pub async fn close(self) {
+        let _ = self.tx.send(Bytes::new());
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.reader).await;
     }
 }
 
@@ -98,7 +110,7 @@ async fn join_inner(
     let pong_tx = tx.clone();
     let index = id.index;
     let room = id.room.clone();
-    tokio::spawn(async move {
+    let reader = tokio::spawn(async move {
         // The reader: frames out of one buffer, no allocation per frame.
         loop {
             loop {
@@ -136,11 +148,23 @@ async fn join_inner(
     });
     tokio::spawn(async move {
         // The writer: everything queued since the last pass in one write.
+        // An empty entry is the close request.
         let mut out = BytesMut::new();
         while let Some(first) = rx.recv().await {
+            let mut close = first.is_empty();
             out.extend_from_slice(&first);
-            while let Ok(more) = rx.try_recv() {
-                out.extend_from_slice(&more);
+            while !close {
+                match rx.try_recv() {
+                    Ok(more) if more.is_empty() => close = true,
+                    Ok(more) => out.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            if close {
+                client::encode(&mut out, OP_CLOSE, &1000u16.to_be_bytes());
+                let _ = wr.write_all(&out).await;
+                let _ = wr.flush().await;
+                return;
             }
             if wr.write_all(&out).await.is_err() || wr.flush().await.is_err() {
                 return;
@@ -149,5 +173,5 @@ async fn join_inner(
         }
         let _ = wr.shutdown().await;
     });
-    Ok(Member { index, room, tx })
+    Ok(Member { index, room, tx, reader })
 }

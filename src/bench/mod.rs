@@ -3,8 +3,10 @@
 //! understands, so the same run works against natter and the tutorial's Node.js server.
 
 pub mod client;
+pub mod connect;
 pub mod fanout;
 pub mod member;
+pub mod offline;
 pub mod payload;
 pub mod report;
 
@@ -55,6 +57,39 @@ pub enum Scenario {
     Fanout(FanoutArgs),
     /// A low fixed rate in one room: end-to-end latency.
     Latency(LatencyArgs),
+    /// N connections set up, then held idle (with --server-pid: server RSS per connection).
+    Connect(ConnectArgs),
+    /// Members offline, senders publishing with cid: acked writes/s, then the drain, checked.
+    Offline(OfflineArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ConnectArgs {
+    #[arg(long, default_value_t = 1000)]
+    pub connections: u32,
+    /// Members per room.
+    #[arg(long, default_value_t = 100)]
+    pub room_size: u32,
+    /// Seconds to hold the connections idle before measuring.
+    #[arg(long, default_value_t = 5.0)]
+    pub hold: f64,
+    /// PID of a local server: its RSS is read before and after.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+pub struct OfflineArgs {
+    #[arg(long, default_value_t = 10)]
+    pub senders: u32,
+    /// Members offline while the senders publish.
+    #[arg(long, default_value_t = 90)]
+    pub offline: u32,
+    /// Messages per sender (each offline member gets senders x messages: mind the server's --offline-max).
+    #[arg(long, default_value_t = 100)]
+    pub messages: u32,
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
 }
 
 #[derive(Args, Debug)]
@@ -157,9 +192,20 @@ impl Setup {
         }
     }
 
-    /// Connect and log in `n` members (member i to room `room_of(i)`), `concurrency` at a time.
+    /// Connect and log in members 0..n (member i to room `room_of(i)`), `concurrency` at a time.
     pub async fn join_all(
         &self,
+        n: u32,
+        room_of: impl Fn(u32) -> String,
+        handler: Arc<dyn Handler>,
+    ) -> anyhow::Result<(Vec<Member>, Duration)> {
+        self.join_range(0, n, room_of, handler).await
+    }
+
+    /// Connect and log in members `first..first + n`.
+    pub async fn join_range(
+        &self,
+        first: u32,
         n: u32,
         room_of: impl Fn(u32) -> String,
         handler: Arc<dyn Handler>,
@@ -167,7 +213,7 @@ impl Setup {
         let start = Instant::now();
         let sem = Arc::new(tokio::sync::Semaphore::new(self.concurrency));
         let mut tasks = Vec::with_capacity(n as usize);
-        for i in 0..n {
+        for i in first..first + n {
             let id = Identity { index: i, token: self.token_for(i)?, room: room_of(i) };
             let target = self.target.clone();
             let source = (!self.sources.is_empty()).then(|| self.sources[i as usize % self.sources.len()]);
@@ -179,7 +225,7 @@ impl Setup {
         }
         let mut members = Vec::with_capacity(n as usize);
         for (i, t) in tasks.into_iter().enumerate() {
-            members.push(t.await?.with_context(|| format!("member {i}"))?);
+            members.push(t.await?.with_context(|| format!("member {}", first as usize + i))?);
         }
         Ok((members, start.elapsed()))
     }
@@ -223,6 +269,19 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             r.scenario = format!("latency: {} members, {}/s per sender", l.members, l.rate);
             r
         }
+        Scenario::Connect(c) => rt.block_on(connect::run(
+            &setup,
+            connect::Opts {
+                connections: c.connections,
+                room_size: c.room_size,
+                hold: secs(c.hold, "--hold")?,
+                server_pid: c.server_pid,
+            },
+        ))?,
+        Scenario::Offline(f) => rt.block_on(offline::run(
+            &setup,
+            offline::Opts { senders: f.senders, offline: f.offline, messages: f.messages, size: f.size },
+        ))?,
     };
     report.print(a.json);
     Ok(())

@@ -100,35 +100,34 @@ impl Report {
             println!("{}", serde_json::to_string_pretty(self).expect("serializable"));
             return;
         }
-        let rows: Vec<(String, String)> = [
-            ("scenario", self.scenario.clone()),
-            ("url", self.url.clone()),
-            ("connections", self.connections.to_string()),
-            ("handshakes/s", format!("{:.0} (all in {:.2} s)", self.handshakes_per_s, self.connect_s)),
-            ("measured for", format!("{:.2} s", self.duration_s)),
-            ("sent", self.sent.to_string()),
-            ("expected deliveries", self.expected.to_string()),
-            ("actual deliveries", self.delivered.to_string()),
-            ("deliveries/s", format!("{:.0}", self.deliveries_per_s)),
-            (
-                "latency ms p50/p90/p99/p99.9/max",
-                format!(
-                    "{:.3} / {:.3} / {:.3} / {:.3} / {:.3}",
-                    self.latency.p50_ms,
-                    self.latency.p90_ms,
-                    self.latency.p99_ms,
-                    self.latency.p999_ms,
-                    self.latency.max_ms
-                ),
-            ),
-            ("lost", self.lost.to_string()),
-            ("duplicated", self.duplicates.to_string()),
-            ("errors", self.errors.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .chain(self.extra.iter().map(|(k, v)| (k.clone(), format!("{v:.1}"))))
-        .collect();
+        let mut rows: Vec<(String, String)> = vec![
+            ("scenario".into(), self.scenario.clone()),
+            ("url".into(), self.url.clone()),
+            ("connections".into(), self.connections.to_string()),
+            ("handshakes/s".into(), format!("{:.0} (all in {:.2} s)", self.handshakes_per_s, self.connect_s)),
+            ("measured for".into(), format!("{:.2} s", self.duration_s)),
+        ];
+        if self.sent > 0 {
+            rows.extend([
+                ("sent".into(), self.sent.to_string()),
+                ("expected deliveries".into(), self.expected.to_string()),
+                ("actual deliveries".into(), self.delivered.to_string()),
+                ("deliveries/s".into(), format!("{:.0}", self.deliveries_per_s)),
+            ]);
+        }
+        if self.latency.samples > 0 {
+            let l = &self.latency;
+            rows.push((
+                "latency ms p50/p90/p99/p99.9/max".into(),
+                format!("{:.3} / {:.3} / {:.3} / {:.3} / {:.3}", l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms),
+            ));
+        }
+        rows.extend([
+            ("lost".into(), self.lost.to_string()),
+            ("duplicated".into(), self.duplicates.to_string()),
+            ("errors".into(), self.errors.to_string()),
+        ]);
+        rows.extend(self.extra.iter().map(|(k, v)| (k.clone(), format!("{v:.1}"))));
         let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         for (k, v) in rows {
             println!("{k:<w$}  {v}");

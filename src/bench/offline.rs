@@ -1,0 +1,144 @@
+//! The `offline` scenario: M members join a room and go away; S senders publish K messages
+//! each with a `cid` and count the `ack`s (each acked message is durably in M offline queues);
+//! then the M members come back and the drain is timed and checked: every message exactly once.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::client::find;
+use super::member::Handler;
+use super::report::{Report, Stats};
+use super::{payload, Setup};
+
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub senders: u32,
+    pub offline: u32,
+    pub messages: u32,
+    pub size: usize,
+}
+
+const ROOM: &str = "offline0";
+
+struct Offline {
+    stats: Arc<Stats>,
+    senders: u32,
+    acks: AtomicU64,
+    last_ack_micros: AtomicU64,
+    /// Last sequence each returning member saw from each sender: `(member - senders) * senders + sender`.
+    last_seq: Vec<AtomicU64>,
+}
+
+impl Handler for Offline {
+    fn on_text(&self, member: u32, frame: &[u8]) {
+        if find(frame, br#""event":"error""#).is_some() {
+            self.stats.errors.fetch_add(1, Relaxed);
+            return;
+        }
+        if member < self.senders {
+            if find(frame, br#""event":"ack""#).is_some() {
+                self.acks.fetch_add(1, Relaxed);
+                self.last_ack_micros.store(self.stats.now_micros(), Relaxed);
+            }
+            return;
+        }
+        let Some(mark) = payload::parse(frame) else { return };
+        if mark.sender >= self.senders {
+            return;
+        }
+        let slot = &self.last_seq[((member - self.senders) * self.senders + mark.sender) as usize];
+        if mark.seq <= slot.load(Relaxed) {
+            self.stats.duplicates.fetch_add(1, Relaxed);
+            return;
+        }
+        slot.store(mark.seq, Relaxed);
+        self.stats.delivered.fetch_add(1, Relaxed);
+    }
+}
+
+/// Wait until `counter` reaches `target`, or has not moved for `quiet`.
+async fn settle(counter: &AtomicU64, target: u64, quiet: Duration) {
+    let (mut last, mut since) = (counter.load(Relaxed), Instant::now());
+    while counter.load(Relaxed) < target && since.elapsed() < quiet {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let now = counter.load(Relaxed);
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+}
+
+pub async fn run(setup: &Setup, o: Opts) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        o.senders > 0 && o.offline > 0 && o.messages > 0,
+        "--senders, --offline and --messages must be > 0"
+    );
+    let stats = Arc::new(Stats::default());
+    let h = Arc::new(Offline {
+        stats: stats.clone(),
+        senders: o.senders,
+        acks: AtomicU64::new(0),
+        last_ack_micros: AtomicU64::new(0),
+        last_seq: (0..o.offline * o.senders).map(|_| AtomicU64::new(0)).collect(),
+    });
+    let (s, m) = (o.senders, o.offline);
+    let room = |_| ROOM.to_string();
+
+    // 1. The offline members become members of the room, then leave without `leave`.
+    let (away, _) = setup.join_range(s, m, room, h.clone()).await?;
+    for member in away {
+        member.close().await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // 2. Senders publish with cids; every ack is a message durably in M queues.
+    let (senders, connect) = setup.join_range(0, s, room, h.clone()).await?;
+    let t0 = stats.now_micros();
+    for seq in 1..=o.messages as u64 {
+        for snd in &senders {
+            let text = payload::text(snd.index, seq, stats.now_micros(), o.size);
+            snd.send_json(&format!(
+                r#"{{"event":"message","roomid":"{ROOM}","message":"{text}","cid":"c{}-{seq}"}}"#,
+                snd.index
+            ));
+        }
+    }
+    let sent = (s * o.messages) as u64;
+    stats.sent.store(sent, Relaxed);
+    settle(&h.acks, sent, Duration::from_secs(5)).await;
+    let acks = h.acks.load(Relaxed);
+    let ack_secs = (h.last_ack_micros.load(Relaxed).saturating_sub(t0)) as f64 / 1e6;
+
+    // 3. The members come back: their queues drain into them.
+    let expected = sent * m as u64;
+    let t1 = Instant::now();
+    let (back, _) = setup.join_range(s, m, room, h.clone()).await?;
+    settle(&stats.delivered, expected, Duration::from_secs(5)).await;
+    let drain = t1.elapsed();
+    let delivered = stats.delivered.load(Relaxed);
+    drop(back);
+    let per_sec = |n: u64, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+    Ok(Report {
+        scenario: format!("offline: {s} senders x {} messages with cid, {m} members offline, {} B", o.messages, o.size),
+        url: setup.url.clone(),
+        connections: (s + m) as u64,
+        connect_s: connect.as_secs_f64(),
+        handshakes_per_s: per_sec(s as u64, connect.as_secs_f64()),
+        duration_s: ack_secs + drain.as_secs_f64(),
+        sent,
+        expected,
+        delivered,
+        deliveries_per_s: per_sec(delivered, drain.as_secs_f64()),
+        duplicates: stats.duplicates.load(Relaxed),
+        lost: expected.saturating_sub(delivered),
+        errors: stats.errors.load(Relaxed),
+        latency: Default::default(),
+        extra: vec![
+            ("acks".into(), acks as f64),
+            ("acked messages/s".into(), per_sec(acks, ack_secs)),
+            ("durable offline writes/s (acked x offline members)".into(), per_sec(acks * m as u64, ack_secs)),
+            ("drain s (reconnect + login + queue)".into(), drain.as_secs_f64()),
+        ],
+    })
+}
