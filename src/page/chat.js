@@ -6,7 +6,10 @@ import * as view from './view.js';
 
 /** An unacked message with no broadcast seen is sent again after this long (the server drops a repeated cid). */
 const RESEND_MS = 5_000;
-/** Sends are paced under the server's default rate limit (20/s, burst 50), resends included. */
+/**
+ * Sends are paced under the server's default rate limit (20/s, burst 50), resends included;
+ * a server set tighter says `rate_limited`, and the pace halves each time it does.
+ */
 const PACE_PER_SEC = 10;
 const PACE_BURST = 20;
 /** Errors that answer a `login` (the others answer messages or the connection). */
@@ -29,6 +32,7 @@ export class Chat {
     this.barriers = [];
     /** Rooms left while no connection could carry the `leave`. */
     this.leaving = new Set();
+    this.pace = { perSec: PACE_PER_SEC, burst: PACE_BURST };
     this.tokens = PACE_BURST;
     this.refilledAt = Date.now();
     this.pausedUntil = 0;
@@ -153,7 +157,7 @@ export class Chat {
   take() {
     const now = Date.now();
     if (now < this.pausedUntil) return false;
-    this.tokens = Math.min(PACE_BURST, this.tokens + ((now - this.refilledAt) * PACE_PER_SEC) / 1000);
+    this.tokens = Math.min(this.pace.burst, this.tokens + ((now - this.refilledAt) * this.pace.perSec) / 1000);
     this.refilledAt = now;
     if (this.tokens < 1) return false;
     this.tokens -= 1;
@@ -240,6 +244,7 @@ export class Chat {
     if (ev.code === 'rate_limited') {
       this.pausedUntil = Date.now() + 2000;
       this.tokens = 0;
+      this.pace = { perSec: Math.max(0.5, this.pace.perSec / 2), burst: Math.max(1, this.pace.burst / 2) };
       return; // the dropped message is resent once the pause is over
     }
     if (ev.code === 'too_many_connections') {
