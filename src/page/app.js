@@ -180,8 +180,10 @@ $('compose').addEventListener('submit', (e) => {
   e.preventDefault();
   send();
 });
+// On a touch screen there is no Shift key: Enter makes a new line and the Send button sends.
+const touch = matchMedia('(pointer: coarse)').matches;
 $('compose-text').addEventListener('keydown', (e) => {
-  if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+  if (e.key === 'Enter' && !e.shiftKey && !e.isComposing && !touch) {
     e.preventDefault();
     send();
   }
