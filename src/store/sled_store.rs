@@ -1,9 +1,13 @@
 //! The embedded backend: one sled tree, keys laid out by `keys`, multi-key updates applied as
-//! one atomic batch, read-modify-write of queues under one writer lock.
+//! atomic batches, read-modify-write of queues under one writer lock. Publishes are grouped:
+//! each sled batch costs two log writes (sled rolls its IO buffer around every batch), so
+//! appends collect in an overlay that is applied as one batch every few milliseconds, before
+//! any scan, and before every flush.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -12,12 +16,60 @@ use super::keys::{self, Key};
 use super::{Append, Bounds, FlushFuture, Queued, Result, Store, Stored};
 
 pub struct SledStore {
+    inner: Arc<Inner>,
+    applier: Option<std::thread::JoinHandle<()>>,
+}
+
+pub struct Inner {
     db: sled::Db,
     bounds: Bounds,
     /// Serialises every read-modify-write (queues, membership, dedupe sweep), and holds the
-    /// queue bookkeeping that makes a queue push a point operation instead of a scan.
-    writer: Mutex<Queues>,
+    /// queue bookkeeping that makes a queue push a point operation instead of a scan, and the
+    /// writes not yet applied.
+    writer: Mutex<Writer>,
+    /// Wakes the applier when the overlay gets its first write.
+    signal: Arc<Signal>,
 }
+
+/// The applier's doorbell, apart from the store so that waiting holds no reference to it.
+#[derive(Default)]
+struct Signal {
+    /// (work to do, store closed)
+    state: Mutex<(bool, bool)>,
+    cv: Condvar,
+}
+
+impl Signal {
+    fn ring(&self, close: bool) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.0 = true;
+        s.1 |= close;
+        self.cv.notify_one();
+    }
+}
+
+impl std::ops::Deref for SledStore {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+#[derive(Default)]
+struct Writer {
+    queues: Queues,
+    pending: Pending,
+}
+
+/// Writes of appends not yet in sled, by key (the last write of a key wins, as in a batch).
+/// Point reads look here first; scans apply it first.
+#[derive(Default)]
+struct Pending(HashMap<Vec<u8>, Option<Vec<u8>>>);
+
+/// How long appends collect before they are applied together (a flush or a scan applies at once).
+const APPLY_EVERY: Duration = Duration::from_millis(2);
+/// An overlay this large is applied at once, whatever the time.
+const APPLY_AT_OPS: usize = 16_384;
 
 /// Where a uid's queue starts and ends; loaded from disk on first use, then kept in step with
 /// every change (all made under the writer lock).
@@ -81,23 +133,102 @@ impl SledStore {
             .cache_capacity(64 << 20)
             .open()
             .with_context(|| format!("--data: cannot open the store in {}", dir.display()))?;
-        Ok(SledStore { db, bounds, writer: Mutex::new(Queues::default()) })
+        let signal = Arc::new(Signal::default());
+        let inner = Arc::new(Inner { db, bounds, writer: Mutex::default(), signal: signal.clone() });
+        let weak = Arc::downgrade(&inner);
+        let applier = std::thread::Builder::new()
+            .name("natter-store".into())
+            .spawn(move || applier(weak, signal))
+            .context("cannot start the store's writer thread")?;
+        Ok(SledStore { inner, applier: Some(applier) })
     }
 
     /// The raw tree, for `natter keys`/`get`.
     pub fn tree(&self) -> &sled::Db {
         &self.db
     }
+}
 
-    fn writer(&self) -> std::sync::MutexGuard<'_, Queues> {
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        // What is still pending goes to sled (which flushes itself when dropped).
+        if let Err(e) = self.settled() {
+            tracing::error!("store: pending writes could not be applied: {e:#}");
+        }
+        self.signal.ring(true);
+        if let Some(t) = self.applier.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Applies the overlay `APPLY_EVERY` after its first write; ends when the store closes.
+fn applier(store: Weak<Inner>, signal: Arc<Signal>) {
+    loop {
+        {
+            let mut s = signal.state.lock().unwrap_or_else(|p| p.into_inner());
+            while !s.0 {
+                s = signal.cv.wait(s).unwrap_or_else(|p| p.into_inner());
+            }
+            if s.1 {
+                return;
+            }
+            s.0 = false;
+        }
+        std::thread::sleep(APPLY_EVERY);
+        let Some(inner) = store.upgrade() else { return };
+        let failed = inner.settled().err();
+        drop(inner);
+        if let Some(e) = failed {
+            tracing::error!("store: applying writes failed (kept for the next try): {e:#}");
+            std::thread::sleep(Duration::from_millis(100));
+            signal.ring(false);
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Apply the overlay now (one atomic batch). On error it is kept, and the error returned.
+    fn apply(&self, w: &mut Writer) -> Result<()> {
+        if w.pending.0.is_empty() {
+            return Ok(());
+        }
+        let mut b = sled::Batch::default();
+        for (k, v) in w.pending.0.iter() {
+            match v {
+                Some(v) => b.insert(k.as_slice(), v.as_slice()),
+                None => b.remove(k.as_slice()),
+            }
+        }
+        self.db.apply_batch(b)?;
+        w.pending.0.clear();
+        Ok(())
+    }
+
+    fn settled(&self) -> Result<std::sync::MutexGuard<'_, Writer>> {
+        let mut w = self.lock();
+        self.apply(&mut w)?;
+        Ok(w)
+    }
+
+    /// A point read that sees pending writes.
+    fn get(&self, w: &Writer, k: &[u8]) -> Result<Option<Vec<u8>>> {
+        match w.pending.0.get(k) {
+            Some(v) => Ok(v.clone()),
+            None => Ok(self.db.get(k)?.map(|v| v.to_vec())),
+        }
     }
 
     fn expired(&self, v: &[u8], now_ms: u64) -> bool {
         val::parse_entry(v).map(|e| e.ts + self.bounds.offline_ttl_ms <= now_ms).unwrap_or(true)
     }
 
-    /// `uid`'s queue bookkeeping, read from disk (one scan) the first time.
+    /// `uid`'s queue bookkeeping, read from disk (one scan) the first time. The overlay holds
+    /// no entry of a uid whose bookkeeping is not loaded (pushing one loads it first).
     fn queue_state<'q>(&self, queues: &'q mut Queues, uid: &str) -> Result<&'q mut QueueState> {
         if !queues.0.contains_key(uid) {
             let mut st = QueueState { head: 0, next: 0, len: 0, head_ts: None };
@@ -115,11 +246,18 @@ impl SledStore {
         Ok(queues.0.get_mut(uid).expect("just inserted"))
     }
 
-    /// Adds one queue entry to `batch`, and the removals it causes: expired entries at the head,
-    /// and the oldest entries over the cap. Point reads only: no scan on the publish path.
-    fn queue_push(&self, batch: &mut sled::Batch, q: &mut QueueState, uid: &str, a: &Append) -> Result<()> {
+    /// Adds one queue entry to the overlay, and the removals it causes: expired entries at the
+    /// head, and the oldest entries over the cap. Point reads only: no scan on the publish path.
+    fn queue_push(
+        &self,
+        staged: &mut Pending,
+        pending: &Pending,
+        q: &mut QueueState,
+        uid: &str,
+        a: &Append,
+    ) -> Result<()> {
         let new = q.next;
-        batch.insert(keys::queue_key(uid, new), val::entry(a.now_ms, a.id, a.room, a.json));
+        staged.0.insert(keys::queue_key(uid, new), Some(val::entry(a.now_ms, a.id, a.room, a.json)));
         q.next += 1;
         q.len += 1;
         let cap = self.bounds.offline_max as u64;
@@ -128,11 +266,15 @@ impl SledStore {
                 break;
             }
             let k = keys::queue_key(uid, q.head);
-            match self.db.get(&k)? {
+            let found = match staged.0.get(&k).or_else(|| pending.0.get(&k)) {
+                Some(v) => v.clone(),
+                None => self.db.get(&k)?.map(|v| v.to_vec()),
+            };
+            match found {
                 // dequeued earlier: a hole
                 None => q.head += 1,
                 Some(v) if q.len > cap || self.expired(&v, a.now_ms) => {
-                    batch.remove(k);
+                    staged.0.insert(k, None);
                     q.len = q.len.saturating_sub(1);
                     q.head += 1;
                 }
@@ -151,9 +293,10 @@ impl SledStore {
 
     /// Removes the entries of `uid`'s queue that `drop_it` picks, keeping the bookkeeping exact.
     fn remove_entries(&self, uid: &str, mut drop_it: impl FnMut(u64, &[u8]) -> bool) -> Result<()> {
-        let mut queues = self.writer();
+        let mut w = self.settled()?;
+        let queues = &mut w.queues;
         // Load the bookkeeping before changing the disk, or a first load would see the removals.
-        self.queue_state(&mut queues, uid)?;
+        self.queue_state(queues, uid)?;
         let mut b = sled::Batch::default();
         let mut removed = 0;
         for item in self.db.scan_prefix(keys::queue_prefix(uid)) {
@@ -171,7 +314,7 @@ impl SledStore {
         self.db.apply_batch(b)?;
         // The entry stays even when the queue is empty: `next` must never go back, or an entry
         // number held by a concurrent `queued` -> `dequeue` could name a newer entry.
-        let q = self.queue_state(&mut queues, uid)?;
+        let q = self.queue_state(queues, uid)?;
         q.len = q.len.saturating_sub(removed);
         q.head_ts = None;
         Ok(())
@@ -180,7 +323,7 @@ impl SledStore {
 
 impl Store for SledStore {
     fn add_member(&self, room: &str, uid: &str) -> Result<bool> {
-        let _w = self.writer();
+        let _w = self.settled()?;
         let k = Key::Member { room: room.into(), uid: uid.into() }.encode();
         let new = self.db.get(&k)?.is_none();
         let mut b = sled::Batch::default();
@@ -191,7 +334,7 @@ impl Store for SledStore {
     }
 
     fn remove_member(&self, room: &str, uid: &str) -> Result<bool> {
-        let _w = self.writer();
+        let _w = self.settled()?;
         let k = Key::Member { room: room.into(), uid: uid.into() }.encode();
         let existed = self.db.get(&k)?.is_some();
         let mut b = sled::Batch::default();
@@ -234,6 +377,7 @@ impl Store for SledStore {
     }
 
     fn clear_presence(&self) -> Result<()> {
+        let _w = self.settled()?;
         let mut b = sled::Batch::default();
         for item in self.db.scan_prefix(keys::online_all()) {
             b.remove(item?.0);
@@ -243,7 +387,8 @@ impl Store for SledStore {
     }
 
     fn last_id(&self, room: &str) -> Result<u64> {
-        let get = |k: Key| -> Result<u64> { Ok(self.db.get(k.encode())?.map(|v| val::u64_at(&v, 0)).unwrap_or(0)) };
+        let w = self.lock();
+        let get = |k: Key| -> Result<u64> { Ok(self.get(&w, &k.encode())?.map(|v| val::u64_at(&v, 0)).unwrap_or(0)) };
         Ok(get(Key::Seq { room: room.into() })?.max(get(Key::SeqReserved { room: room.into() })?))
     }
 
@@ -254,6 +399,7 @@ impl Store for SledStore {
     }
 
     fn release_ids(&self, room: &str, last_id: u64) -> Result<()> {
+        let _w = self.settled()?;
         let mut b = sled::Batch::default();
         let seq = Key::Seq { room: room.into() }.encode();
         let stored = self.db.get(&seq)?.map(|v| val::u64_at(&v, 0)).unwrap_or(0);
@@ -264,42 +410,51 @@ impl Store for SledStore {
     }
 
     fn append(&self, a: &Append) -> Result<()> {
-        let mut queues = self.writer();
-        let mut b = sled::Batch::default();
-        b.insert(Key::Seq { room: a.room.into() }.encode(), &a.id.to_be_bytes());
-        b.insert(keys::history_key(a.room, a.id), a.json);
+        let mut guard = self.lock();
+        let w = &mut *guard;
+        // Staged first, merged into the overlay only when the whole publish is ready: a read
+        // error half-way leaves nothing behind.
+        let mut staged = Pending::default();
+        staged.0.insert(Key::Seq { room: a.room.into() }.encode(), Some(a.id.to_be_bytes().to_vec()));
+        staged.0.insert(keys::history_key(a.room, a.id), Some(a.json.to_vec()));
         let max = self.bounds.history_max as u64;
         if a.id > max {
             if a.id.is_multiple_of(HISTORY_SWEEP_EVERY) {
                 let from = keys::history_key(a.room, 0);
                 for item in self.db.range(from..keys::history_key(a.room, a.id - max + 1)) {
-                    b.remove(item?.0);
+                    staged.0.insert(item?.0.to_vec(), None);
                 }
             } else {
-                b.remove(keys::history_key(a.room, a.id - max));
+                staged.0.insert(keys::history_key(a.room, a.id - max), None);
             }
         }
-        // Bookkeeping changes on copies, kept only once the batch is applied.
         let mut updated = Vec::with_capacity(a.offline.len());
         for uid in a.offline {
-            let mut q = *self.queue_state(&mut queues, uid)?;
-            self.queue_push(&mut b, &mut q, uid, a)?;
+            let mut q = *self.queue_state(&mut w.queues, uid)?;
+            self.queue_push(&mut staged, &w.pending, &mut q, uid, a)?;
             updated.push((*uid, q));
         }
         if let Some((uid, cid)) = a.dedupe {
-            b.insert(
+            staged.0.insert(
                 Key::Dedupe { uid: uid.into(), cid: cid.into() }.encode(),
-                val::entry(a.now_ms, a.id, a.room, &[]),
+                Some(val::entry(a.now_ms, a.id, a.room, &[])),
             );
         }
-        self.db.apply_batch(b)?;
+        let was_empty = w.pending.0.is_empty();
+        w.pending.0.extend(staged.0);
         for (uid, q) in updated {
-            queues.0.insert(uid.to_string(), q);
+            w.queues.0.insert(uid.to_string(), q);
+        }
+        if w.pending.0.len() >= APPLY_AT_OPS {
+            self.apply(w)?;
+        } else if was_empty {
+            self.signal.ring(false);
         }
         Ok(())
     }
 
     fn history_after(&self, room: &str, after: u64) -> Result<Vec<Stored>> {
+        drop(self.settled()?);
         let from = Key::History { room: room.into(), id: after.saturating_add(1) }.encode();
         let prefix = keys::history_prefix(room);
         let mut out = Vec::new();
@@ -316,6 +471,7 @@ impl Store for SledStore {
     }
 
     fn queued(&self, uid: &str, room: &str, now_ms: u64) -> Result<Vec<Queued>> {
+        drop(self.settled()?);
         let mut out = Vec::new();
         for item in self.db.scan_prefix(keys::queue_prefix(uid)) {
             let (k, v) = item?;
@@ -335,12 +491,12 @@ impl Store for SledStore {
     }
 
     fn offline_len(&self, uid: &str) -> Result<usize> {
-        let mut queues = self.writer();
-        Ok(self.queue_state(&mut queues, uid)?.len as usize)
+        let mut w = self.lock();
+        Ok(self.queue_state(&mut w.queues, uid)?.len as usize)
     }
 
     fn dedupe_get(&self, uid: &str, cid: &str, now_ms: u64) -> Result<Option<(String, u64)>> {
-        let v = self.db.get(Key::Dedupe { uid: uid.into(), cid: cid.into() }.encode())?;
+        let v = self.get(&self.lock(), &Key::Dedupe { uid: uid.into(), cid: cid.into() }.encode())?;
         Ok(v.as_deref()
             .and_then(val::parse_entry)
             .and_then(|e| (e.ts + self.bounds.dedupe_ttl_ms > now_ms).then(|| (e.room.to_string(), e.id))))
@@ -349,7 +505,7 @@ impl Store for SledStore {
     fn expire(&self, now_ms: u64) -> Result<()> {
         {
             // Under the writer lock: a record written by a concurrent append is never swept.
-            let _w = self.writer();
+            let _w = self.settled()?;
             let mut b = sled::Batch::default();
             for item in self.db.scan_prefix(keys::dedupe_all()) {
                 let (k, v) = item?;
@@ -376,8 +532,11 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> FlushFuture {
+        // Everything appended before this call goes into the flush.
+        let applied = self.settled().map(drop);
         let db = self.db.clone();
         Box::pin(async move {
+            applied?;
             db.flush_async().await?;
             Ok(())
         })
