@@ -79,9 +79,14 @@ impl Outbox {
             return Pushed::Overflow;
         }
         st.bytes += frame.len();
+        let was_empty = st.queue.is_empty();
         st.queue.push_back(frame);
         drop(st);
-        self.wake.notify_one();
+        // Only the push that makes the queue non-empty wakes the writer: until the writer
+        // drains it, that wake (a stored permit if it is busy) is still owed to it.
+        if was_empty {
+            self.wake.notify_one();
+        }
         Pushed::Queued
     }
 
