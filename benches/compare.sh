@@ -49,7 +49,7 @@ start() {
   port_of[$name]=$port
   pid_of[$name]=$pid
 }
-lim=(--rate-per-sec 1000000 --rate-burst 1000000 --offline-max 100000 --max-connections-per-uid 100000)
+lim=(--rate-per-sec 1000000 --rate-burst 1000000 --max-connections-per-uid 100000)
 start natter-ws 9401 "$natter" serve --listen 127.0.0.1:9401 --data "$work/ws" --jwt-secret $SECRET "${lim[@]}"
 start natter-wss 9402 "$natter" serve --dev --listen 127.0.0.1:9402 --data "$work/wss" --jwt-secret $SECRET "${lim[@]}"
 start raw-tcp 9405 "$raw" 127.0.0.1:9405
@@ -105,6 +105,6 @@ for s in natter-wss natter-ws; do
   bench "$s" "connect-$IDLE" --sources 4 connect --connections $IDLE --hold 3 --server-pid "${pid_of[$s]}"
 done
 # Durable offline writes (natter only: the tutorial server has no acks).
-for s in natter-ws natter-wss; do bench "$s" offline offline --senders 10 --offline 90 --messages 1000; done
+for s in natter-ws natter-wss; do bench "$s" offline offline --senders 10 --offline 500 --messages 100; done
 
 python3 "$root/benches/report.py" "$OUT"

@@ -21,10 +21,17 @@ pub struct Opts {
 
 const ROOM: &str = "offline0";
 
+/// Messages a sender may have unacked: senders get every broadcast too, and a window keeps
+/// their queues on the server under its per-connection limit (1,024 by default).
+const WINDOW: u64 = 64;
+
 struct Offline {
     stats: Arc<Stats>,
     senders: u32,
     acks: AtomicU64,
+    /// Acks per sender, and a doorbell each for the sending loop.
+    acked: Vec<AtomicU64>,
+    ack_bell: Vec<tokio::sync::Notify>,
     last_ack_micros: AtomicU64,
     /// Last sequence each returning member saw from each sender: `(member - senders) * senders + sender`.
     last_seq: Vec<AtomicU64>,
@@ -39,6 +46,8 @@ impl Handler for Offline {
         if member < self.senders {
             if find(frame, br#""event":"ack""#).is_some() {
                 self.acks.fetch_add(1, Relaxed);
+                self.acked[member as usize].fetch_add(1, Relaxed);
+                self.ack_bell[member as usize].notify_one();
                 self.last_ack_micros.store(self.stats.now_micros(), Relaxed);
             }
             return;
@@ -79,6 +88,8 @@ pub async fn run(setup: &Setup, o: Opts) -> anyhow::Result<Report> {
         stats: stats.clone(),
         senders: o.senders,
         acks: AtomicU64::new(0),
+        acked: (0..o.senders).map(|_| AtomicU64::new(0)).collect(),
+        ack_bell: (0..o.senders).map(|_| tokio::sync::Notify::new()).collect(),
         last_ack_micros: AtomicU64::new(0),
         last_seq: (0..o.offline * o.senders).map(|_| AtomicU64::new(0)).collect(),
     });
@@ -95,17 +106,34 @@ pub async fn run(setup: &Setup, o: Opts) -> anyhow::Result<Report> {
     // 2. Senders publish with cids; every ack is a message durably in M queues.
     let (senders, connect) = setup.join_range(0, s, room, h.clone()).await?;
     let t0 = stats.now_micros();
-    for seq in 1..=o.messages as u64 {
-        for snd in &senders {
-            let text = payload::text(snd.index, seq, stats.now_micros(), o.size);
-            snd.send_json(&format!(
-                r#"{{"event":"message","roomid":"{ROOM}","message":"{text}","cid":"c{}-{seq}"}}"#,
-                snd.index
-            ));
-        }
+    let senders = Arc::new(senders);
+    let loops: Vec<_> = (0..s as usize)
+        .map(|i| {
+            let (h, senders, stats, messages, size) = (h.clone(), senders.clone(), stats.clone(), o.messages, o.size);
+            tokio::spawn(async move {
+                let snd = &senders[i];
+                for seq in 1..=messages as u64 {
+                    while seq > h.acked[i].load(Relaxed) + WINDOW {
+                        // A lost ack must not hang the run: look again every 100 ms.
+                        let _ = tokio::time::timeout(Duration::from_millis(100), h.ack_bell[i].notified()).await;
+                        if h.acked[i].load(Relaxed) + WINDOW < seq && stats.now_micros() > 60_000_000 + t0 {
+                            return;
+                        }
+                    }
+                    let text = payload::text(snd.index, seq, stats.now_micros(), size);
+                    snd.send_json(&format!(
+                        r#"{{"event":"message","roomid":"{ROOM}","message":"{text}","cid":"c{}-{seq}"}}"#,
+                        snd.index
+                    ));
+                    stats.sent.fetch_add(1, Relaxed);
+                }
+            })
+        })
+        .collect();
+    for l in loops {
+        let _ = l.await;
     }
-    let sent = (s * o.messages) as u64;
-    stats.sent.store(sent, Relaxed);
+    let sent = stats.sent.load(Relaxed);
     settle(&h.acks, sent, Duration::from_secs(5)).await;
     let acks = h.acks.load(Relaxed);
     let ack_secs = (h.last_ack_micros.load(Relaxed).saturating_sub(t0)) as f64 / 1e6;

@@ -10,8 +10,11 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use crate::outbox::Outbox;
 use crate::wire;
 
-/// Largest batch buffer kept between passes; a burst may grow it, idle connections shrink it.
-const KEEP_BUFFER: usize = 64 << 10;
+/// Largest batch buffer kept between passes: a burst may grow it, but an idle connection keeps
+/// little (10,000 idle connections are a target: each kilobyte kept costs 10 MB).
+const KEEP_BUFFER: usize = 4 << 10;
+/// Likewise for the list of frames taken in one pass.
+const KEEP_FRAMES: usize = 32;
 
 /// Returns the close code sent, or the I/O error that ended the connection (the outbox is then
 /// abandoned: what is pushed later is dropped, not counted as delivered).
@@ -75,6 +78,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, outbox: &Outbox) -> std::io
                     }
                 }
                 frames.clear();
+                frames.shrink_to(KEEP_FRAMES);
                 // fastwebsockets never flushes, and through TLS the bytes may wait in rustls.
                 w.flush().await?;
                 outbox.written();
