@@ -142,6 +142,11 @@ impl Outbox {
         }
     }
 
+    /// Writer side, when idle: give the queue's spare capacity back.
+    pub fn compact(&self) {
+        self.state.lock().unwrap().queue.shrink_to_fit();
+    }
+
     /// Writer side: the frames of the last `take` are written.
     pub fn written(&self) {
         let mut st = self.state.lock().unwrap();
