@@ -116,11 +116,18 @@ def svg(path, title, xlabel, ylabel, series, xlog=False, ylog=False, xnames=None
     for x in sorted(set(xs)):
         name = xnames.get(x, f"{x:g}") if xnames else f"{x:g}"
         s.append(f'<text x="{px(x):.1f}" y="{H - B + 16}" text-anchor="middle">{name}</text>')
-    ticks = [10 ** e for e in range(math.floor(y0), math.ceil(y1) + 1)] if ylog else [y1 * i / 5 for i in range(6)]
+    if ylog:
+        ticks = [m * 10 ** e for e in range(math.floor(y0), math.ceil(y1) + 1) for m in (1, 2, 5)]
+    else:
+        # Round steps: 1, 2 or 5 times a power of ten, about five of them.
+        raw = y1 / 5
+        mag = 10 ** math.floor(math.log10(raw))
+        step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+        ticks = [step * i for i in range(int(y1 / step) + 1)]
     for t in ticks:
         y = py(t)
         if T - 1 <= y <= H - B + 1:
-            label = f"{t / 1000:g}k" if t >= 1000 else f"{t:g}"
+            label = f"{t / 1e6:g}M" if t >= 1e6 else f"{t / 1000:g}k" if t >= 1000 else f"{t:g}"
             s.append(f'<line x1="{L}" y1="{y:.1f}" x2="{W - R}" y2="{y:.1f}" stroke="#ddd"/>')
             s.append(f'<text x="{L - 6}" y="{y + 4:.1f}" text-anchor="end">{label}</text>')
     for i, (name, pts) in enumerate(series.items()):
