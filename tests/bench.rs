@@ -26,6 +26,19 @@ fn assert_all_delivered(r: &Value) {
         "{r}"
     );
     assert!(r["latency"]["samples"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["closed_by_server"].as_u64(), Some(0), "{r}");
+}
+
+/// Against a server's default flood limit the run is refused: the bench must say so (errors,
+/// connections closed by the server, messages lost), not report a quiet success.
+#[tokio::test]
+async fn refused_messages_and_server_closes_are_reported() {
+    let s = Server::start(ServerOpts::new()).await;
+    let r = bench(&s, &["fanout", "--members", "2", "--rate", "200", "--warmup", "0", "--duration", "1.5"]);
+    assert!(r["errors"].as_u64().unwrap() > 0, "rate_limited errors not counted: {r}");
+    assert!(r["lost"].as_u64().unwrap() > 0, "refused messages not counted as lost: {r}");
+    // Three strikes within 10 s: the server closes with 1008.
+    assert!(r["closed_by_server"].as_u64().unwrap() > 0, "1008 closes not counted: {r}");
 }
 
 #[tokio::test]

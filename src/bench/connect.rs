@@ -18,10 +18,13 @@ pub struct Opts {
 }
 
 /// Idle members only answer heartbeats (the member's reader does that); nothing to count.
-struct Idle;
+struct Idle(Arc<Stats>);
 
 impl Handler for Idle {
     fn on_text(&self, _: u32, _: &[u8]) {}
+    fn on_close(&self, _: u32, _: u16) {
+        self.0.closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Resident set size of a local process, from /proc (Linux).
@@ -41,9 +44,10 @@ pub async fn run(setup: &Setup, o: Opts) -> anyhow::Result<Report> {
     anyhow::ensure!(o.room_size > 0, "--room-size must be at least 1");
     let before = o.server_pid.map(rss_bytes).transpose()?;
     let stats = Arc::new(Stats::default());
-    let room_size = o.room_size;
-    let (members, connect) =
-        setup.join_all(o.connections, |i| format!("idle{}", i / room_size), Arc::new(Idle)).await?;
+    let (room_size, run) = (o.room_size, setup.run);
+    let (members, connect) = setup
+        .join_all(o.connections, |i| format!("idle{run}r{}", i / room_size), Arc::new(Idle(stats.clone())))
+        .await?;
     let stop = tokio_util::sync::CancellationToken::new();
     super::report::progress(stats.clone(), o.hold, stop.clone());
     tokio::time::sleep(o.hold).await;
@@ -71,6 +75,7 @@ pub async fn run(setup: &Setup, o: Opts) -> anyhow::Result<Report> {
         handshakes_per_s: n as f64 / connect.as_secs_f64(),
         duration_s: o.hold.as_secs_f64(),
         errors: stats.errors.load(std::sync::atomic::Ordering::Relaxed),
+        closed_by_server: stats.closed.load(std::sync::atomic::Ordering::Relaxed),
         extra,
         ..Report::default()
     })

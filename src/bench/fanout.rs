@@ -40,7 +40,12 @@ struct Fanout {
 
 impl Handler for Fanout {
     fn on_text(&self, member: u32, frame: &[u8]) {
-        let Some(mark) = payload::parse(frame) else { return };
+        let Some(mark) = payload::parse(frame) else {
+            if super::client::find(frame, br#""event":"error""#).is_some() {
+                self.stats.errors.fetch_add(1, Relaxed); // e.g. rate_limited: the server refused it
+            }
+            return;
+        };
         if mark.sender == member {
             return; // our own copy: not a delivery
         }
@@ -61,6 +66,10 @@ impl Handler for Fanout {
             r.done.notify_one();
         }
     }
+
+    fn on_close(&self, _: u32, _: u16) {
+        self.stats.closed.fetch_add(1, Relaxed);
+    }
 }
 
 pub async fn run(setup: &Setup, o: Opts) -> anyhow::Result<Report> {
@@ -75,7 +84,8 @@ pub async fn run(setup: &Setup, o: Opts) -> anyhow::Result<Report> {
         last_seq: (0..o.rooms * o.members * o.members).map(|_| AtomicU64::new(0)).collect(),
     });
     let n = o.rooms * o.members;
-    let (members, connect) = setup.join_all(n, |i| format!("bench{}", i / o.members), handler.clone()).await?;
+    let run = setup.run;
+    let (members, connect) = setup.join_all(n, |i| format!("b{run}r{}", i / o.members), handler.clone()).await?;
     let members = Arc::new(members);
     let stop = tokio_util::sync::CancellationToken::new();
     super::report::progress(stats.clone(), o.warmup + o.duration, stop.clone());
@@ -118,13 +128,20 @@ pub async fn run(setup: &Setup, o: Opts) -> anyhow::Result<Report> {
         duplicates: stats.duplicates.load(Relaxed),
         lost: expected.saturating_sub(delivered),
         errors: stats.errors.load(Relaxed),
+        closed_by_server: stats.closed.load(Relaxed),
         latency,
         extra: vec![],
     })
 }
 
-/// After the last send: wait until everything expected has arrived, or nothing has for 2 s.
+/// After the last send: wait until everything expected has arrived, or nothing has for 2 s;
+/// then listen a little longer, so that a late duplicate is still counted.
 pub async fn drain(stats: &Stats, expected: u64) {
+    drain_until(stats, expected).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+async fn drain_until(stats: &Stats, expected: u64) {
     let mut last = stats.delivered.load(Relaxed);
     let mut quiet = Instant::now();
     while stats.delivered.load(Relaxed) < expected && quiet.elapsed() < Duration::from_secs(2) {

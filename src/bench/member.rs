@@ -17,6 +17,11 @@ use super::client::{self, Target, OP_CLOSE, OP_PING, OP_TEXT};
 /// What a scenario does with the text frames a member receives (after its own login came back).
 pub trait Handler: Send + Sync + 'static {
     fn on_text(&self, member: u32, frame: &[u8]);
+    /// The server closed the connection (close frame code, or 1006 when the socket just ended)
+    /// without the member asking to.
+    fn on_close(&self, member: u32, code: u16) {
+        let _ = (member, code);
+    }
 }
 
 /// How a member introduces itself.
@@ -32,6 +37,8 @@ pub struct Member {
     room: String,
     tx: mpsc::UnboundedSender<Bytes>,
     reader: tokio::task::JoinHandle<()>,
+    /// Set before the member closes on purpose, so the reader does not report that close.
+    closing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Member {
@@ -49,6 +56,7 @@ impl Member {
 
     /// Close the connection (close frame 1000) and wait until the server has closed its side.
     pub async fn close(self) {
+        self.closing.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = self.tx.send(Bytes::new());
         let _ = tokio::time::timeout(Duration::from_secs(5), self.reader).await;
     }
@@ -110,7 +118,14 @@ async fn join_inner(
     let pong_tx = tx.clone();
     let index = id.index;
     let room = id.room.clone();
+    let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ours = closing.clone();
     let reader = tokio::spawn(async move {
+        let closed = |code: u16| {
+            if !ours.load(std::sync::atomic::Ordering::Relaxed) {
+                handler.on_close(index, code);
+            }
+        };
         // The reader: frames out of one buffer, no allocation per frame.
         loop {
             loop {
@@ -135,13 +150,16 @@ async fn join_inner(
                         client::encode(&mut b, 0xA, payload);
                         let _ = pong_tx.send(b.freeze());
                     }
-                    OP_CLOSE => return,
+                    OP_CLOSE => {
+                        let code = payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]])).unwrap_or(1005);
+                        return closed(code);
+                    }
                     _ => {}
                 }
                 buf.advance(f.end);
             }
             match rd.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => return closed(1006),
                 Ok(_) => {}
             }
         }
@@ -173,5 +191,5 @@ async fn join_inner(
         }
         let _ = wr.shutdown().await;
     });
-    Ok(Member { index, room, tx, reader })
+    Ok(Member { index, room, tx, reader, closing })
 }

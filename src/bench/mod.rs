@@ -130,6 +130,9 @@ pub struct LatencyArgs {
 /// What every scenario needs: where to connect, from where, and with which tokens.
 pub struct Setup {
     pub url: String,
+    /// A number of this run, in room names and cids, so that what an earlier run left on the
+    /// server (queued messages, dedupe records) is not counted in this one.
+    pub run: u32,
     target: Target,
     sources: Vec<IpAddr>,
     secret: Vec<u8>,
@@ -174,6 +177,7 @@ impl Setup {
         };
         Ok(Setup {
             url: a.url.clone(),
+            run: rand::random::<u32>() % 1_000_000,
             target: Target { addr, host: hostport.to_string(), path, tls },
             sources,
             secret: a.secret.as_bytes().to_vec(),

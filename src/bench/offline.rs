@@ -19,8 +19,6 @@ pub struct Opts {
     pub size: usize,
 }
 
-const ROOM: &str = "offline0";
-
 /// Messages a sender may have unacked: senders get every broadcast too, and a window keeps
 /// their queues on the server under its per-connection limit (1,024 by default).
 const WINDOW: u64 = 64;
@@ -64,6 +62,10 @@ impl Handler for Offline {
         slot.store(mark.seq, Relaxed);
         self.stats.delivered.fetch_add(1, Relaxed);
     }
+
+    fn on_close(&self, _: u32, _: u16) {
+        self.stats.closed.fetch_add(1, Relaxed);
+    }
 }
 
 /// Wait until `counter` reaches `target`, or has not moved for `quiet`.
@@ -94,7 +96,9 @@ pub async fn run(setup: &Setup, o: Opts) -> anyhow::Result<Report> {
         last_seq: (0..o.offline * o.senders).map(|_| AtomicU64::new(0)).collect(),
     });
     let (s, m) = (o.senders, o.offline);
-    let room = |_| ROOM.to_string();
+    // A room of this run only: queues left by an earlier run stay out of its counts.
+    let room_name = format!("offline{}", setup.run);
+    let room = |_| room_name.clone();
 
     // 1. The offline members become members of the room, then leave without `leave`.
     let (away, _) = setup.join_range(s, m, room, h.clone()).await?;
@@ -110,6 +114,7 @@ pub async fn run(setup: &Setup, o: Opts) -> anyhow::Result<Report> {
     let loops: Vec<_> = (0..s as usize)
         .map(|i| {
             let (h, senders, stats, messages, size) = (h.clone(), senders.clone(), stats.clone(), o.messages, o.size);
+            let (room, run) = (room_name.clone(), setup.run);
             tokio::spawn(async move {
                 let snd = &senders[i];
                 for seq in 1..=messages as u64 {
@@ -122,7 +127,7 @@ pub async fn run(setup: &Setup, o: Opts) -> anyhow::Result<Report> {
                     }
                     let text = payload::text(snd.index, seq, stats.now_micros(), size);
                     snd.send_json(&format!(
-                        r#"{{"event":"message","roomid":"{ROOM}","message":"{text}","cid":"c{}-{seq}"}}"#,
+                        r#"{{"event":"message","roomid":"{room}","message":"{text}","cid":"c{run}-{}-{seq}"}}"#,
                         snd.index
                     ));
                     stats.sent.fetch_add(1, Relaxed);
@@ -144,6 +149,8 @@ pub async fn run(setup: &Setup, o: Opts) -> anyhow::Result<Report> {
     let (back, _) = setup.join_range(s, m, room, h.clone()).await?;
     settle(&stats.delivered, expected, Duration::from_secs(5)).await;
     let drain = t1.elapsed();
+    // A little longer, so that a late duplicate is still counted.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let delivered = stats.delivered.load(Relaxed);
     drop(back);
     let per_sec = |n: u64, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
@@ -161,6 +168,7 @@ pub async fn run(setup: &Setup, o: Opts) -> anyhow::Result<Report> {
         duplicates: stats.duplicates.load(Relaxed),
         lost: expected.saturating_sub(delivered),
         errors: stats.errors.load(Relaxed),
+        closed_by_server: stats.closed.load(Relaxed),
         latency: Default::default(),
         extra: vec![
             ("acks".into(), acks as f64),

@@ -16,6 +16,8 @@ pub struct Stats {
     pub delivered: AtomicU64,
     pub duplicates: AtomicU64,
     pub errors: AtomicU64,
+    /// Connections the server closed during the run (slow consumer, rate limit, ...).
+    pub closed: AtomicU64,
     latency: Mutex<Histogram<u64>>,
 }
 
@@ -27,6 +29,7 @@ impl Default for Stats {
             delivered: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
             // 1 us to 60 s, 3 significant digits.
             latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")),
         }
@@ -89,6 +92,8 @@ pub struct Report {
     pub duplicates: u64,
     pub lost: u64,
     pub errors: u64,
+    /// Connections the server closed while the run went on.
+    pub closed_by_server: u64,
     pub latency: Latency,
     /// Scenario-specific figures (e.g. acks/s, RSS per idle connection), in table order.
     pub extra: Vec<(String, f64)>,
@@ -126,6 +131,7 @@ impl Report {
             ("lost".into(), self.lost.to_string()),
             ("duplicated".into(), self.duplicates.to_string()),
             ("errors".into(), self.errors.to_string()),
+            ("closed by the server".into(), self.closed_by_server.to_string()),
         ]);
         rows.extend(self.extra.iter().map(|(k, v)| (k.clone(), format!("{v:.1}"))));
         let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);

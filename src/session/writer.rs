@@ -78,7 +78,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, outbox: &Outbox) -> std::io
                 if frames.len() == 1 {
                     w.write_all(&frames[0]).await?;
                 } else if w.is_write_vectored() {
-                    // Plain TCP: one writev from the shared frames, no copy in between.
+                    // One vectored write from the shared frames, no copy in between (over TLS,
+                    // rustls packs the slices into full records as it encrypts them).
                     write_all_vectored(&mut w, &frames).await?;
                 } else {
                     for f in &frames {

@@ -419,13 +419,13 @@ impl Store for SledStore {
         staged.0.insert(keys::history_key(a.room, a.id), Some(a.json.to_vec()));
         let max = self.bounds.history_max as u64;
         if a.id > max {
+            // The entry leaving the window may still be in the overlay: always remove it by key.
+            staged.0.insert(keys::history_key(a.room, a.id - max), None);
             if a.id.is_multiple_of(HISTORY_SWEEP_EVERY) {
                 let from = keys::history_key(a.room, 0);
                 for item in self.db.range(from..keys::history_key(a.room, a.id - max + 1)) {
                     staged.0.insert(item?.0.to_vec(), None);
                 }
-            } else {
-                staged.0.insert(keys::history_key(a.room, a.id - max), None);
             }
         }
         let mut updated = Vec::with_capacity(a.offline.len());
@@ -440,14 +440,18 @@ impl Store for SledStore {
                 Some(val::entry(a.now_ms, a.id, a.room, &[])),
             );
         }
+        // A full overlay is applied before this publish joins it, so that an error leaves
+        // nothing of this publish behind (its staged reads stay valid: apply only moves
+        // the overlay into sled).
+        if w.pending.0.len() + staged.0.len() >= APPLY_AT_OPS {
+            self.apply(w)?;
+        }
         let was_empty = w.pending.0.is_empty();
         w.pending.0.extend(staged.0);
         for (uid, q) in updated {
             w.queues.0.insert(uid.to_string(), q);
         }
-        if w.pending.0.len() >= APPLY_AT_OPS {
-            self.apply(w)?;
-        } else if was_empty {
+        if was_empty {
             self.signal.ring(false);
         }
         Ok(())
