@@ -2,6 +2,8 @@
 //! `Bytes` frame is pushed to every connection's real `Outbox` (what `RoomState::fan_out`
 //! does), compared with encoding per recipient. Throughput is in deliveries.
 
+mod common;
+
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -11,7 +13,6 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use natter::metrics::Metrics;
 use natter::outbox::{Outbox, Pushed};
-use natter::protocol::{self, MessageOut};
 use natter::wire;
 
 /// The server's default `--outbound-max-messages` / `--outbound-max-bytes`.
@@ -20,21 +21,6 @@ const OUT_MAX_BYTES: usize = 1 << 20;
 /// Publishes between two drains: a live writer keeps queues short, and this stays far under
 /// the outbox limits, so every push is `Queued`.
 const CHUNK: u64 = 16;
-
-fn message_json(text: &str, n: usize) -> Vec<u8> {
-    protocol::message(&MessageOut {
-        event: "message",
-        id: 48_213,
-        roomid: "lobby",
-        uid: "u-7f3a9c",
-        name: "alice",
-        message: text,
-        num: n,
-        total: n,
-        ts: 1_764_100_000_000,
-        cid: None,
-    })
-}
 
 /// A room of `n` connections, keyed like the hub's `conns` map. Each outbox has been used once
 /// so that its queue already has capacity, as a live connection's does.
@@ -98,7 +84,7 @@ fn fanout(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("encode_once", n), &n, |b, &n| {
             b.iter_custom(|iters| {
                 timed(iters, &conns, &rt, &metrics, || {
-                    let frame = wire::text(&message_json(black_box(&text), n));
+                    let frame = wire::text(&common::message_json(black_box(&text), n, n, None));
                     let mut queued = 0;
                     for o in conns.values() {
                         if o.push(frame.clone()) == Pushed::Queued {
@@ -115,7 +101,7 @@ fn fanout(c: &mut Criterion) {
                 timed(iters, &conns, &rt, &metrics, || {
                     let mut queued = 0;
                     for o in conns.values() {
-                        if o.push(wire::text(&message_json(black_box(&text), n))) == Pushed::Queued {
+                        if o.push(wire::text(&common::message_json(black_box(&text), n, n, None))) == Pushed::Queued {
                             queued += 1;
                         }
                     }

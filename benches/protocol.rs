@@ -2,6 +2,8 @@
 //! encoding the outgoing `message`, `with_mark` (offline/replay delivery) and `wire::text`
 //! framing. These bound the per-message CPU cost before any I/O.
 
+mod common;
+
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -17,22 +19,6 @@ fn text_100() -> String {
     let s = format!("{s}{}", "x".repeat(100 - s.len()));
     assert_eq!(s.len(), 100);
     s
-}
-
-/// The server's encoding of one published message (20 members, 12 online).
-fn message_json(text: &str) -> Vec<u8> {
-    protocol::message(&MessageOut {
-        event: "message",
-        id: 48_213,
-        roomid: "lobby",
-        uid: "u-7f3a9c",
-        name: "alice",
-        message: text,
-        num: 12,
-        total: 20,
-        ts: 1_764_100_000_000,
-        cid: Some("c-000123"),
-    })
 }
 
 fn decode(c: &mut Criterion) {
@@ -55,7 +41,7 @@ fn decode(c: &mut Criterion) {
 
 fn encode(c: &mut Criterion) {
     let text = text_100();
-    let json = message_json(&text);
+    let json = common::message_json(&text, 12, 20, Some("c-000123"));
     let mut g = c.benchmark_group("encode");
     g.throughput(Throughput::Bytes(json.len() as u64));
     g.bench_function("message", |b| {
@@ -78,7 +64,9 @@ fn encode(c: &mut Criterion) {
     g.bench_function("with_mark_replay", |b| b.iter(|| protocol::with_mark(black_box(&json), Mark::Replay)));
     g.bench_function("wire_text", |b| b.iter(|| wire::text(black_box(&json))));
     // What the hub does per published message before fan-out: encode, then frame once.
-    g.bench_function("message_and_frame", |b| b.iter(|| wire::text(&message_json(black_box(&text)))));
+    g.bench_function("message_and_frame", |b| {
+        b.iter(|| wire::text(&common::message_json(black_box(&text), 12, 20, Some("c-000123"))))
+    });
     g.finish();
 }
 
