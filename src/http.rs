@@ -54,10 +54,14 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>) -> Result<Resp, I
     if wants_ws && (path == "/" || path == "/ws") {
         return Ok(upgrade(&app, &mut req));
     }
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        // HEAD gets the same headers; hyper leaves the body out.
+        if let Some(asset) = app.page.get(path) {
+            return Ok(page_file(asset));
+        }
+    }
     let metrics = app.env.hub.metrics();
     Ok(match (req.method(), path) {
-        // HEAD gets the same headers; hyper leaves the body out.
-        (&Method::GET | &Method::HEAD, p) if app.page.get(p).is_some() => page_file(app.page.get(p).expect("checked")),
         (&Method::GET, "/healthz") => respond(StatusCode::OK, "application/json", metrics.healthz()),
         (&Method::GET, "/metrics") => respond(StatusCode::OK, "text/plain; version=0.0.4", metrics.prometheus()),
         (&Method::GET, "/dev/token") if app.dev_secret.is_some() => dev_token(&app, req.uri().query()),

@@ -71,10 +71,7 @@ pub async fn connect(target: &Target, source: Option<IpAddr>) -> anyhow::Result<
         Some((connector, name)) => Stream::Tls(Box::new(connector.connect(name.clone(), tcp).await.context("TLS")?)),
         None => Stream::Plain(tcp),
     };
-    let key = {
-        use base64_engine::encode;
-        encode(&rand::random::<[u8; 16]>())
-    };
+    let key = base64(&rand::random::<[u8; 16]>());
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
@@ -224,23 +221,18 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
     }
 }
 
-/// Base64 for the upgrade key (16 bytes): too small a need for a crate.
-mod base64_engine {
+/// Base64 for upgrade keys (the bench's, and the raw reference's accept key): too small a need
+/// for a crate.
+pub fn base64(b: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    pub fn encode(b: &[u8]) -> String {
-        let mut s = String::new();
-        for c in b.chunks(3) {
-            let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
-            for i in 0..4 {
-                if i <= c.len() {
-                    s.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-                } else {
-                    s.push('=');
-                }
-            }
+    let mut s = String::new();
+    for c in b.chunks(3) {
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            s.push(if i <= c.len() { T[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
         }
-        s
     }
+    s
 }
 
 #[cfg(test)]
@@ -249,7 +241,7 @@ mod tests {
 
     #[test]
     fn upgrade_key_is_base64() {
-        assert_eq!(base64_engine::encode(b"the sample nonce"), "dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(base64(b"the sample nonce"), "dGhlIHNhbXBsZSBub25jZQ==");
     }
 
     #[test]

@@ -55,11 +55,10 @@ impl Handler for Fanout {
             return;
         }
         let slot = &self.last_seq[(member * self.m + mark.sender % self.m) as usize];
-        if mark.seq <= slot.load(Relaxed) {
+        if !payload::first_time(slot, mark.seq) {
             self.stats.duplicates.fetch_add(1, Relaxed);
             return;
         }
-        slot.store(mark.seq, Relaxed);
         self.stats.delivered(mark.micros);
         let r = &self.rooms[room];
         if mark.seq == r.round.load(Relaxed) && r.pending.fetch_sub(1, Relaxed) == 1 {
@@ -137,21 +136,8 @@ pub async fn run(setup: &Setup, o: Opts) -> anyhow::Result<Report> {
 /// After the last send: wait until everything expected has arrived, or nothing has for 2 s;
 /// then listen a little longer, so that a late duplicate is still counted.
 pub async fn drain(stats: &Stats, expected: u64) {
-    drain_until(stats, expected).await;
+    super::report::settle(&stats.delivered, expected, Duration::from_secs(2)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-}
-
-async fn drain_until(stats: &Stats, expected: u64) {
-    let mut last = stats.delivered.load(Relaxed);
-    let mut quiet = Instant::now();
-    while stats.delivered.load(Relaxed) < expected && quiet.elapsed() < Duration::from_secs(2) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let now = stats.delivered.load(Relaxed);
-        if now != last {
-            last = now;
-            quiet = Instant::now();
-        }
-    }
 }
 
 async fn closed_loop(

@@ -55,28 +55,15 @@ impl Handler for Offline {
             return;
         }
         let slot = &self.last_seq[((member - self.senders) * self.senders + mark.sender) as usize];
-        if mark.seq <= slot.load(Relaxed) {
+        if !payload::first_time(slot, mark.seq) {
             self.stats.duplicates.fetch_add(1, Relaxed);
             return;
         }
-        slot.store(mark.seq, Relaxed);
         self.stats.delivered.fetch_add(1, Relaxed);
     }
 
     fn on_close(&self, _: u32, _: u16) {
         self.stats.closed.fetch_add(1, Relaxed);
-    }
-}
-
-/// Wait until `counter` reaches `target`, or has not moved for `quiet`.
-async fn settle(counter: &AtomicU64, target: u64, quiet: Duration) {
-    let (mut last, mut since) = (counter.load(Relaxed), Instant::now());
-    while counter.load(Relaxed) < target && since.elapsed() < quiet {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        let now = counter.load(Relaxed);
-        if now != last {
-            (last, since) = (now, Instant::now());
-        }
     }
 }
 
@@ -139,7 +126,7 @@ pub async fn run(setup: &Setup, o: Opts) -> anyhow::Result<Report> {
         let _ = l.await;
     }
     let sent = stats.sent.load(Relaxed);
-    settle(&h.acks, sent, Duration::from_secs(5)).await;
+    super::report::settle(&h.acks, sent, Duration::from_secs(5)).await;
     let acks = h.acks.load(Relaxed);
     let ack_secs = (h.last_ack_micros.load(Relaxed).saturating_sub(t0)) as f64 / 1e6;
 
@@ -147,7 +134,7 @@ pub async fn run(setup: &Setup, o: Opts) -> anyhow::Result<Report> {
     let expected = sent * m as u64;
     let t1 = Instant::now();
     let (back, _) = setup.join_range(s, m, room, h.clone()).await?;
-    settle(&stats.delivered, expected, Duration::from_secs(5)).await;
+    super::report::settle(&stats.delivered, expected, Duration::from_secs(5)).await;
     let drain = t1.elapsed();
     // A little longer, so that a late duplicate is still counted.
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -20,7 +20,7 @@ pub struct Mark {
 
 /// Find and read the marker anywhere in a frame (the servers wrap it in JSON of their own).
 pub fn parse(frame: &[u8]) -> Option<Mark> {
-    let start = frame.windows(4).position(|w| w == b"~nb|")? + 4;
+    let start = super::client::find(frame, b"~nb|")? + 4;
     let mut fields = [0u64; 3];
     let mut i = start;
     for f in &mut fields {
@@ -41,6 +41,17 @@ pub fn parse(frame: &[u8]) -> Option<Mark> {
         }
     }
     (frame.get(i) == Some(&b'~')).then(|| Mark { sender: fields[0] as u32, seq: fields[1], micros: fields[2] })
+}
+
+/// Records `seq` as the latest seen from one sender by one receiver; false when it is not newer
+/// (a duplicate). One reader writes each slot, so plain loads and stores are enough.
+pub fn first_time(slot: &std::sync::atomic::AtomicU64, seq: u64) -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    if seq <= slot.load(Relaxed) {
+        return false;
+    }
+    slot.store(seq, Relaxed);
+    true
 }
 
 #[cfg(test)]

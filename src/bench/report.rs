@@ -141,6 +141,18 @@ impl Report {
     }
 }
 
+/// Wait until `counter` reaches `target`, or has not moved for `quiet`.
+pub async fn settle(counter: &AtomicU64, target: u64, quiet: Duration) {
+    let (mut last, mut since) = (counter.load(Relaxed), Instant::now());
+    while counter.load(Relaxed) < target && since.elapsed() < quiet {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let now = counter.load(Relaxed);
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+}
+
 /// A progress line on stderr once a second (only on a terminal), until `stop` is cancelled.
 pub fn progress(stats: std::sync::Arc<Stats>, total: Duration, stop: tokio_util::sync::CancellationToken) {
     if !std::io::stderr().is_terminal() {

@@ -10,10 +10,8 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use crate::outbox::Outbox;
 use crate::wire;
 
-/// Largest batch buffer kept between passes: a burst may grow it, but an idle connection keeps
+/// Largest list of frames kept between passes: a burst may grow it, but a connection keeps
 /// little (10,000 idle connections are a target: each kilobyte kept costs 10 MB).
-const KEEP_BUFFER: usize = 4 << 10;
-/// Likewise for the list of frames taken in one pass.
 const KEEP_FRAMES: usize = 32;
 /// Idle this long, a connection's buffers are released.
 const COMPACT_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
@@ -60,7 +58,6 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, frames: &[Bytes]) 
 
 async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, outbox: &Outbox) -> std::io::Result<u16> {
     let mut frames: Vec<Bytes> = Vec::new();
-    let mut batch: Vec<u8> = Vec::new();
     loop {
         // A connection idle for a while gives its buffers back: with 10,000 idle connections
         // every kilobyte kept is 10 MB. Under load the wait never runs out, and nothing shrinks.
@@ -68,29 +65,15 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, outbox: &Outbox) -> std::io
             Ok(next) => next,
             Err(_) => {
                 frames = Vec::new();
-                batch = Vec::new();
                 outbox.compact();
                 outbox.take(&mut frames).await
             }
         };
         match next {
             None => {
-                if frames.len() == 1 {
-                    w.write_all(&frames[0]).await?;
-                } else if w.is_write_vectored() {
-                    // One vectored write from the shared frames, no copy in between (over TLS,
-                    // rustls packs the slices into full records as it encrypts them).
-                    write_all_vectored(&mut w, &frames).await?;
-                } else {
-                    for f in &frames {
-                        batch.extend_from_slice(f);
-                    }
-                    w.write_all(&batch).await?;
-                    batch.clear();
-                    if batch.capacity() > KEEP_BUFFER {
-                        batch = Vec::new();
-                    }
-                }
+                // One vectored write from the shared frames, no copy in between (over TLS, rustls
+                // packs the slices into full records as it encrypts them).
+                write_all_vectored(&mut w, &frames).await?;
                 frames.clear();
                 frames.shrink_to(KEEP_FRAMES);
                 // fastwebsockets never flushes, and through TLS the bytes may wait in rustls.

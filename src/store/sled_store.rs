@@ -215,9 +215,9 @@ impl Inner {
         Ok(w)
     }
 
-    /// A point read that sees pending writes.
-    fn get(&self, w: &Writer, k: &[u8]) -> Result<Option<Vec<u8>>> {
-        match w.pending.0.get(k) {
+    /// A point read through the overlays (first match wins), then sled.
+    fn get(&self, layers: &[&Pending], k: &[u8]) -> Result<Option<Vec<u8>>> {
+        match layers.iter().find_map(|p| p.0.get(k)) {
             Some(v) => Ok(v.clone()),
             None => Ok(self.db.get(k)?.map(|v| v.to_vec())),
         }
@@ -266,11 +266,7 @@ impl Inner {
                 break;
             }
             let k = keys::queue_key(uid, q.head);
-            let found = match staged.0.get(&k).or_else(|| pending.0.get(&k)) {
-                Some(v) => v.clone(),
-                None => self.db.get(&k)?.map(|v| v.to_vec()),
-            };
-            match found {
+            match self.get(&[staged, pending], &k)? {
                 // dequeued earlier: a hole
                 None => q.head += 1,
                 Some(v) if q.len > cap || self.expired(&v, a.now_ms) => {
@@ -388,7 +384,9 @@ impl Store for SledStore {
 
     fn last_id(&self, room: &str) -> Result<u64> {
         let w = self.lock();
-        let get = |k: Key| -> Result<u64> { Ok(self.get(&w, &k.encode())?.map(|v| val::u64_at(&v, 0)).unwrap_or(0)) };
+        let get = |k: Key| -> Result<u64> {
+            Ok(self.get(&[&w.pending], &k.encode())?.map(|v| val::u64_at(&v, 0)).unwrap_or(0))
+        };
         Ok(get(Key::Seq { room: room.into() })?.max(get(Key::SeqReserved { room: room.into() })?))
     }
 
@@ -500,7 +498,7 @@ impl Store for SledStore {
     }
 
     fn dedupe_get(&self, uid: &str, cid: &str, now_ms: u64) -> Result<Option<(String, u64)>> {
-        let v = self.get(&self.lock(), &Key::Dedupe { uid: uid.into(), cid: cid.into() }.encode())?;
+        let v = self.get(&[&self.lock().pending], &Key::Dedupe { uid: uid.into(), cid: cid.into() }.encode())?;
         Ok(v.as_deref()
             .and_then(val::parse_entry)
             .and_then(|e| (e.ts + self.bounds.dedupe_ttl_ms > now_ms).then(|| (e.room.to_string(), e.id))))
