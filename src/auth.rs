@@ -19,6 +19,9 @@ pub struct Identity {
     pub name: Option<String>,
     /// `exp`, seconds since the epoch.
     pub exp: u64,
+    /// When the session counts as expired: `exp` plus the leeway the token was accepted with
+    /// (else a token accepted within the leeway would be reported expired at once).
+    pub valid_until: u64,
 }
 
 /// Why a token was refused: the text goes to the client in `noauth`.
@@ -100,7 +103,7 @@ impl Verifier {
             _ => None,
         };
         let exp = claims.get("exp").and_then(Value::as_u64).ok_or(Rejected::Invalid("token exp is not a number"))?;
-        Ok(Identity { uid, name, exp })
+        Ok(Identity { uid, name, exp, valid_until: exp.saturating_add(self.validation.leeway) })
     }
 }
 

@@ -10,17 +10,23 @@ use tokio::sync::Notify;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::store::Store;
+use crate::sync::LockExt;
+
+type Waiting = Vec<(Arc<Outbox>, Bytes)>;
 
 #[derive(Default)]
 pub struct GroupCommit {
-    pending: Mutex<Vec<(Arc<Outbox>, Bytes)>>,
+    pending: Mutex<Waiting>,
+    /// The batch of the flush under way: kept here, not in the task, so that a flusher that
+    /// dies mid-flush leaves it to its successor instead of losing those acks.
+    flushing: Mutex<Waiting>,
     wake: Notify,
 }
 
 impl GroupCommit {
     /// Queues `frame` (an `ack`) to `outbox` once everything written so far is durable.
     pub fn after_flush(&self, outbox: Arc<Outbox>, frame: Bytes) {
-        self.pending.lock().unwrap().push((outbox, frame));
+        self.pending.locked().push((outbox, frame));
         self.wake.notify_one();
     }
 
@@ -33,7 +39,13 @@ impl GroupCommit {
         shutdown: tokio_util::sync::CancellationToken,
     ) {
         loop {
-            let batch = std::mem::take(&mut *self.pending.lock().unwrap());
+            let batch = {
+                let mut f = self.flushing.locked();
+                if f.is_empty() {
+                    *f = std::mem::take(&mut *self.pending.locked());
+                }
+                f.clone()
+            };
             if batch.is_empty() {
                 tokio::select! {
                     _ = self.wake.notified() => continue,
@@ -48,16 +60,19 @@ impl GroupCommit {
                     }
                 }
                 Err(e) => {
+                    // Nothing is acked that is not on disk. The writes stay in the store's
+                    // memory: a resend with the same `cid` is acked once a flush succeeds.
                     tracing::error!("store flush failed: {e:#}");
                     let err = crate::wire::text(&crate::protocol::error(
-                        crate::protocol::ErrorCode::Internal,
-                        "the message could not be stored durably",
+                        crate::protocol::ErrorCode::Unavailable,
+                        "the message could not be stored durably: send it again with the same cid",
                     ));
                     for (outbox, _) in batch {
                         outbox.push(err.clone());
                     }
                 }
             }
+            self.flushing.locked().clear();
         }
     }
 }

@@ -6,6 +6,7 @@ use std::fmt::Write;
 
 use crate::store::keys::{self, Key};
 use crate::store::sled_store::{parse_entry, SledStore};
+use crate::store::{values, Store};
 
 /// Logical keys matching a redis-style glob, sorted.
 pub fn keys(store: &SledStore, pattern: &str) -> anyhow::Result<Vec<String>> {
@@ -88,13 +89,17 @@ pub fn get(store: &SledStore, name: &str) -> anyhow::Result<String> {
                     })
                     .collect(),
             ),
+            // The counter: the last id that may have been given (stored, or reserved above it).
             "seq" => match store.tree().get(Key::Seq { room: room.into() }.encode())? {
-                Some(v) => {
-                    format!("{}\n", quote(&v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0).to_string()))
-                }
+                Some(_) => format!("{}\n", quote(&store.last_id(room)?.to_string())),
                 None => "(nil)\n".into(),
             },
-            "history" => array(scan(store, keys::history_prefix(room))?.into_iter().map(|(_, v)| text(&v)).collect()),
+            "history" => array(
+                scan(store, keys::history_prefix(room))?
+                    .into_iter()
+                    .filter_map(|(_, v)| values::parse_stored(&v).map(|(_, _, json)| text(json)))
+                    .collect(),
+            ),
             _ => "(nil)\n".into(),
         });
     }
@@ -121,7 +126,9 @@ pub fn get(store: &SledStore, name: &str) -> anyhow::Result<String> {
     }
     if let Some((uid, cid)) = name.strip_prefix("dedupe:").and_then(|r| r.rsplit_once(':')) {
         return Ok(match store.tree().get(Key::Dedupe { uid: uid.into(), cid: cid.into() }.encode())? {
-            Some(v) => parse_entry(&v).map(|e| format!("{}\n", quote(&e.id.to_string()))).unwrap_or("(nil)\n".into()),
+            Some(v) => values::parse_dedupe(&v)
+                .map(|(_, id, _)| format!("{}\n", quote(&id.to_string())))
+                .unwrap_or("(nil)\n".into()),
             None => "(nil)\n".into(),
         });
     }

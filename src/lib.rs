@@ -19,6 +19,8 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod supervise;
+pub(crate) mod sync;
 pub mod tls;
 pub mod wire;
 

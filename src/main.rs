@@ -12,6 +12,7 @@ use natter::cli::{Cli, Command};
 use natter::config::{Config, JwtKey};
 use natter::store::sled_store::SledStore;
 use natter::store::{Bounds, Store};
+use natter::supervise::supervise;
 
 fn main() {
     let cli = Cli::parse();
@@ -121,9 +122,20 @@ async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     });
 
     let flusher_stop = CancellationToken::new();
-    let flusher = tokio::spawn(hub.group_commit().run(store.clone(), metrics.clone(), flusher_stop.clone()));
-    tokio::spawn(hub.clone().heartbeat(cfg.heartbeat, shutdown.clone()));
-    tokio::spawn(hub.clone().housekeeping(shutdown.clone()));
+    let flusher = {
+        let (commit, store, m, stop) = (hub.group_commit(), store.clone(), metrics.clone(), flusher_stop.clone());
+        tokio::spawn(supervise("flusher", metrics.clone(), flusher_stop.clone(), move || {
+            commit.clone().run(store.clone(), m.clone(), stop.clone())
+        }))
+    };
+    let (h, beat, stop) = (hub.clone(), cfg.heartbeat, shutdown.clone());
+    tokio::spawn(supervise("heartbeat", metrics.clone(), shutdown.clone(), move || {
+        h.clone().heartbeat(beat, stop.clone())
+    }));
+    let (h, stop) = (hub.clone(), shutdown.clone());
+    tokio::spawn(supervise("housekeeping", metrics.clone(), shutdown.clone(), move || {
+        h.clone().housekeeping(stop.clone())
+    }));
 
     if tls.is_none() {
         tracing::warn!(

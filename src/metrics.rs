@@ -47,6 +47,8 @@ pub struct Metrics {
     pub acks: Counter,
     pub auth_failures: Counter,
     pub errors_sent: Counter,
+    /// Background tasks (flusher, heartbeat, housekeeping) restarted after ending early.
+    pub task_restarts: Counter,
     closes: [Counter; CLOSE_CODES.len() + 1],
 }
 
@@ -62,6 +64,7 @@ impl Default for Metrics {
             acks: Counter::default(),
             auth_failures: Counter::default(),
             errors_sent: Counter::default(),
+            task_restarts: Counter::default(),
             closes: Default::default(),
         }
     }
@@ -100,6 +103,12 @@ impl Metrics {
         metric("acks_total", "counter", "Acks sent after a durable write.", self.acks.get().to_string());
         metric("auth_failures_total", "counter", "Failed token checks.", self.auth_failures.get().to_string());
         metric("errors_sent_total", "counter", "Error events sent.", self.errors_sent.get().to_string());
+        metric(
+            "task_restarts_total",
+            "counter",
+            "Background tasks restarted after a panic.",
+            self.task_restarts.get().to_string(),
+        );
         metric("uptime_seconds", "gauge", "Seconds since start.", self.started.elapsed().as_secs().to_string());
         let _ = writeln!(
             s,

@@ -2,7 +2,9 @@
 //! writer task (one consumer). Bounded in messages and bytes; a push never waits, so a slow
 //! reader can never slow a room down: when full, the connection is marked for close 1013.
 
+use crate::sync::LockExt;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use bytes::Bytes;
@@ -40,6 +42,9 @@ struct State {
 
 pub struct Outbox {
     state: Mutex<State>,
+    /// `state.close.is_some()`, readable without the lock: the hub checks it for every
+    /// connection of a room on each publish (a closing connection counts as offline).
+    closing_flag: AtomicBool,
     /// Wakes the writer (permit semantics: a push before it waits is not lost).
     wake: Notify,
     /// Wakes the session supervisor when a close is requested.
@@ -58,6 +63,7 @@ impl Outbox {
                 in_flight_bytes: 0,
                 close: None,
             }),
+            closing_flag: AtomicBool::new(false),
             wake: Notify::new(),
             closing: Notify::new(),
             max_messages,
@@ -67,12 +73,13 @@ impl Outbox {
 
     /// Queues one encoded frame; never waits.
     pub fn push(&self, frame: Bytes) -> Pushed {
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.state.locked();
         if st.close.is_some() {
             return Pushed::Dropped;
         }
         if st.queue.len() + st.in_flight >= self.max_messages || st.bytes + frame.len() > self.max_bytes {
             st.close = Some(CloseReq { code: 1013, reason: "slow consumer".into() });
+            self.closing_flag.store(true, Ordering::Release);
             drop(st);
             self.wake.notify_one();
             self.closing.notify_one();
@@ -92,9 +99,10 @@ impl Outbox {
 
     /// Asks the writer to send a close frame after the queued frames. The first request wins.
     pub fn close(&self, code: u16, reason: &str) {
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.state.locked();
         if st.close.is_none() {
             st.close = Some(CloseReq { code, reason: reason.into() });
+            self.closing_flag.store(true, Ordering::Release);
         }
         drop(st);
         self.wake.notify_one();
@@ -104,21 +112,23 @@ impl Outbox {
     /// Writer side: the socket failed; nothing will be written any more. Later pushes are
     /// dropped, so nobody mistakes this outbox for a live connection.
     pub fn abandon(&self) {
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.state.locked();
         if st.close.is_none() {
             st.close = Some(CloseReq { code: ABANDONED, reason: "connection lost".into() });
+            self.closing_flag.store(true, Ordering::Release);
         }
         drop(st);
         self.closing.notify_one();
     }
 
+    /// A close was requested (or the socket failed): nothing more will be delivered.
     pub fn is_closing(&self) -> bool {
-        self.state.lock().unwrap().close.is_some()
+        self.closing_flag.load(Ordering::Acquire)
     }
 
     /// The close requested, if any (for the session's bookkeeping).
     pub fn close_request(&self) -> Option<CloseReq> {
-        self.state.lock().unwrap().close.clone()
+        self.state.locked().close.clone()
     }
 
     /// Writer side: moves every queued frame into `into` (they count as pending until
@@ -127,7 +137,7 @@ impl Outbox {
     pub async fn take(&self, into: &mut Vec<Bytes>) -> Option<CloseReq> {
         loop {
             {
-                let mut st = self.state.lock().unwrap();
+                let mut st = self.state.locked();
                 if !st.queue.is_empty() {
                     st.in_flight = st.queue.len();
                     st.in_flight_bytes = st.queue.iter().map(Bytes::len).sum();
@@ -144,12 +154,12 @@ impl Outbox {
 
     /// Writer side, when idle: give the queue's spare capacity back.
     pub fn compact(&self) {
-        self.state.lock().unwrap().queue.shrink_to_fit();
+        self.state.locked().queue.shrink_to_fit();
     }
 
     /// Writer side: the frames of the last `take` are written.
     pub fn written(&self) {
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.state.locked();
         st.bytes -= st.in_flight_bytes;
         st.in_flight = 0;
         st.in_flight_bytes = 0;

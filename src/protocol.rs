@@ -45,6 +45,8 @@ pub enum ErrorCode {
     RateLimited,
     BinaryUnsupported,
     TooManyConnections,
+    /// The store cannot take the write now (disk full, ...): nothing stored, no ack; resend.
+    Unavailable,
     Internal,
 }
 
@@ -59,6 +61,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::BinaryUnsupported => "binary_unsupported",
             ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
     }
@@ -208,6 +211,9 @@ pub struct LoginOut<'a> {
     pub num: usize,
     pub total: usize,
     pub ts: u64,
+    /// Only on the joiner's own copy, when it gave `since` (docs/protocol.md, "Recovery").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
 }
 
 #[derive(Serialize)]

@@ -45,7 +45,12 @@ pub async fn run(
         conns.spawn(async move {
             let accepted = tokio::time::Instant::now();
             match tls {
-                Some(acceptor) => match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+                // A handshake still pending at shutdown is dropped: it must not hold the drain up
+                // (past it the id reservations would not be released).
+                Some(acceptor) => match tokio::select! {
+                    r = tokio::time::timeout(handshake, acceptor.accept(tcp)) => r,
+                    _ = shutdown.cancelled() => return,
+                } {
                     Ok(Ok(stream)) => {
                         // TLS and the HTTP request share one limit.
                         let left = handshake.saturating_sub(accepted.elapsed()).max(Duration::from_millis(1));

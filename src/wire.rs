@@ -35,6 +35,10 @@ pub fn pong(payload: &[u8]) -> Bytes {
     frame(OpCode::Pong, payload)
 }
 
+pub fn ping(payload: &[u8]) -> Bytes {
+    frame(OpCode::Ping, payload)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

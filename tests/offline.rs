@@ -201,7 +201,8 @@ async fn since_edge_cases() {
 
     // older than the kept history: what is kept (ids 4..=8), in order
     let mut c = Client::connect_as(&s, "u3", None).await;
-    c.login_since("r1", 0).await;
+    let l = c.login_since("r1", 0).await;
+    assert_eq!(l["recovered"], false, "1..=3 are no longer kept: {l}");
     let mut ids = vec![];
     for _ in 0..5 {
         let m = c.recv_json().await;
@@ -211,8 +212,11 @@ async fn since_edge_cases() {
     assert_eq!(ids, vec![4, 5, 6, 7, 8]);
     c.expect_silence(QUIET).await;
 
-    // a second login with since in a room already joined replays as a first login would
+    // a second login with since in a room already joined replays as a first login would; it
+    // is not broadcast, but the joiner gets its own login event with the verdict
     c.send_json(&json!({"event":"login","roomid":"r1","since":6})).await;
+    let l = c.recv_json().await;
+    assert_eq!((l["event"].as_str(), l["recovered"].as_bool()), (Some("login"), Some(true)), "{l}");
     let m1 = c.recv_json().await;
     let m2 = c.recv_json().await;
     assert_eq!((m1["id"].as_u64(), m1["replay"].as_bool()), (Some(7), Some(true)), "{m1}");
@@ -222,8 +226,12 @@ async fn since_edge_cases() {
     // at or past the last id: nothing
     for since in [8u64, 100] {
         c.send_json(&json!({"event":"login","roomid":"r1","since":since})).await;
+        assert_eq!(c.recv_event("login").await["recovered"], true);
         c.expect_silence(QUIET).await;
     }
+    // a saw u3's first login only: the repeated ones are not broadcast
+    assert_eq!(a.recv_event("login").await["uid"], "u3");
+    a.expect_no_event("login", Duration::from_millis(100)).await;
     // not a non-negative integer
     for bad in [json!(-1), json!("3"), json!(1.5), json!([1])] {
         c.send_json(&json!({"event":"login","roomid":"r1","since":bad})).await;

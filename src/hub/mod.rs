@@ -5,26 +5,27 @@
 //! lock, so every connection sees a room's events in id order, and a joiner's replay and
 //! offline drain come before any live message published after its `login`.
 
+mod join;
 mod room;
+mod tasks;
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
-use tokio_util::sync::CancellationToken;
 
 use crate::durability::GroupCommit;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
-use crate::protocol::{self, Mark};
+use crate::protocol;
 use crate::store::{Append, Store};
+use crate::sync::LockExt;
 use crate::wire;
 
-use room::{Room, RoomConn};
+use room::{Room, RoomState};
 
 pub type ConnId = u64;
 
@@ -33,12 +34,20 @@ pub struct Conn {
     pub id: ConnId,
     pub outbox: Arc<Outbox>,
     /// Set by the session on every frame received; cleared by each heartbeat tick.
-    seen: AtomicBool,
+    seen: Arc<AtomicBool>,
+    /// Offline entries a login drain delivered, waiting for the pong that proves the client
+    /// has them: (ping token, uid, entry numbers), oldest first.
+    unconfirmed: Mutex<Vec<(u64, String, Vec<u64>)>>,
 }
 
 impl Conn {
     pub fn mark_seen(&self) {
         self.seen.store(true, Ordering::Relaxed);
+    }
+
+    /// The flag `mark_seen` sets, for a reader that marks every frame as it parses it.
+    pub fn seen_flag(&self) -> Arc<AtomicBool> {
+        self.seen.clone()
     }
 }
 
@@ -52,7 +61,8 @@ pub struct Who<'a> {
 #[derive(Debug)]
 pub enum HubError {
     NotInRoom,
-    Internal(anyhow::Error),
+    /// The store could not take the write (disk full, ...): nothing was published or joined.
+    Unavailable(anyhow::Error),
 }
 
 /// What `join` did.
@@ -63,7 +73,8 @@ pub struct Joined {
     pub catch_up_failed: bool,
 }
 
-/// Ids are reserved durably in blocks of this size (one flush per block per room).
+/// Ids are reserved durably in blocks of this size (one flush per block per room); the next
+/// block is reserved when half of the current one is used, so publishes never wait for it.
 const ID_BLOCK: u64 = 65_536;
 
 /// Stripes of the per-uid lock around "check the dedupe record, then publish".
@@ -71,7 +82,7 @@ const DEDUPE_STRIPES: usize = 64;
 
 impl From<anyhow::Error> for HubError {
     fn from(e: anyhow::Error) -> Self {
-        HubError::Internal(e)
+        HubError::Unavailable(e)
     }
 }
 
@@ -115,21 +126,21 @@ impl Hub {
     /// Registers a new connection (anonymous until it authenticates) for heartbeats.
     pub fn register(&self, outbox: Arc<Outbox>) -> Arc<Conn> {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let conn = Arc::new(Conn { id, outbox, seen: AtomicBool::new(true) });
-        self.conns.lock().unwrap().insert(id, conn.clone());
+        let conn = Arc::new(Conn { id, outbox, seen: Arc::new(AtomicBool::new(true)), unconfirmed: Mutex::default() });
+        self.conns.locked().insert(id, conn.clone());
         self.metrics.connections.inc();
         conn
     }
 
     pub fn unregister(&self, conn: &Conn) {
-        if self.conns.lock().unwrap().remove(&conn.id).is_some() {
+        if self.conns.locked().remove(&conn.id).is_some() {
             self.metrics.connections.dec();
         }
     }
 
     /// Counts a connection against its uid's limit; false when over it.
     pub fn claim_uid(&self, uid: &str) -> bool {
-        let mut u = self.uids.lock().unwrap();
+        let mut u = self.uids.locked();
         let n = u.entry(uid.to_string()).or_insert(0);
         if *n >= self.max_per_uid {
             return false;
@@ -139,7 +150,7 @@ impl Hub {
     }
 
     pub fn release_uid(&self, uid: &str) {
-        let mut u = self.uids.lock().unwrap();
+        let mut u = self.uids.locked();
         if let Some(n) = u.get_mut(uid) {
             *n -= 1;
             if *n == 0 {
@@ -148,95 +159,8 @@ impl Hub {
         }
     }
 
-    fn room(&self, id: &str) -> Result<Arc<Room>, HubError> {
-        let mut rooms = self.rooms.lock().unwrap();
-        if let Some(r) = rooms.get(id) {
-            return Ok(r.clone());
-        }
-        let room = Arc::new(Room::new(self.store.members(id)?, self.store.last_id(id)?));
-        rooms.insert(id.to_string(), room.clone());
-        Ok(room)
-    }
-
     fn existing_room(&self, id: &str) -> Option<Arc<Room>> {
-        self.rooms.lock().unwrap().get(id).cloned()
-    }
-
-    /// `login`: joins `conn` to the room (broadcasting `login` when it is new there), then
-    /// replays history after `since`, then delivers the uid's offline queue for the room, all
-    /// under the room lock so that no live message overtakes them.
-    pub fn join(&self, conn: &Conn, who: &Who, roomid: &str, since: Option<u64>) -> Result<Joined, HubError> {
-        let room = self.room(roomid)?;
-        let mut st = room.lock();
-        if st.evicted {
-            // Evicted between the lookup and the lock: the next lookup opens it afresh.
-            drop(st);
-            return self.join(conn, who, roomid, since);
-        }
-        if !st.conns.contains_key(&conn.id) {
-            if !st.members.contains(who.uid) {
-                self.store.add_member(roomid, who.uid)?;
-                st.members.insert(who.uid.to_string());
-            }
-            let uid: Arc<str> =
-                st.online.get_key_value(who.uid).map(|(k, _)| k.clone()).unwrap_or_else(|| who.uid.into());
-            let count = st.online.entry(uid.clone()).or_insert(0);
-            *count += 1;
-            let count = *count;
-            if let Err(e) = self.store.set_online(roomid, who.uid, count) {
-                tracing::warn!("presence write failed: {e:#}");
-            }
-            st.offline.remove(who.uid);
-            if st.conns.is_empty() {
-                self.metrics.rooms.inc();
-            }
-            st.conns.insert(conn.id, RoomConn { uid, outbox: conn.outbox.clone() });
-            let json = protocol::login(&protocol::LoginOut {
-                event: "login",
-                roomid,
-                uid: who.uid,
-                name: who.name,
-                num: st.num(),
-                total: st.total(),
-                ts: crate::now_ms(),
-            });
-            st.fan_out(&wire::text(&json), &self.metrics);
-        }
-        // From here on the connection is in the room whatever happens: report, don't fail.
-        let catch_up = self.catch_up(conn, who.uid, roomid, since);
-        drop(st);
-        if let Err(e) = &catch_up {
-            tracing::error!("replay/offline delivery in room {roomid}: {e:#}");
-        }
-        Ok(Joined { catch_up_failed: catch_up.is_err() })
-    }
-
-    /// Replay after `since`, then queued offline messages not covered by it. Queue entries leave
-    /// the store only once they are in the outbox: if it fills up, the rest stay queued.
-    fn catch_up(&self, conn: &Conn, uid: &str, roomid: &str, since: Option<u64>) -> anyhow::Result<()> {
-        let mut replayed = (1, 0);
-        if let Some(k) = since {
-            let msgs = self.store.history_after(roomid, k)?;
-            if let (Some(first), Some(last)) = (msgs.first(), msgs.last()) {
-                replayed = (first.id, last.id);
-            }
-            for m in msgs {
-                self.send_one(conn, wire::text(&protocol::with_mark(&m.json, Mark::Replay)));
-            }
-        }
-        let queued = self.store.queued(uid, roomid, crate::now_ms())?;
-        let mut done = Vec::with_capacity(queued.len());
-        for q in queued {
-            let covered = since.is_some_and(|k| q.id <= k) || (q.id >= replayed.0 && q.id <= replayed.1);
-            if !covered {
-                let frame = wire::text(&protocol::with_mark(&q.json, Mark::Offline));
-                if !self.send_one(conn, frame) {
-                    break;
-                }
-            }
-            done.push(q.n);
-        }
-        self.store.dequeue(uid, &done)
+        self.rooms.locked().get(id).cloned()
     }
 
     /// Queues one frame to one connection; false when its outbox refused it.
@@ -296,7 +220,7 @@ impl Hub {
     /// A connection went away: it leaves every room it was in, memberships kept.
     pub fn disconnect(&self, conn: &Conn, who: &Who, rooms: &[String]) {
         for r in rooms {
-            if let Err(HubError::Internal(e)) = self.remove(conn, who, r, false) {
+            if let Err(HubError::Unavailable(e)) = self.remove(conn, who, r, false) {
                 tracing::error!("disconnect from room {r}: {e:#}");
             }
         }
@@ -311,7 +235,7 @@ impl Hub {
         let _cid_guard = cid.map(|_| {
             use std::hash::{BuildHasher, BuildHasherDefault};
             let h = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(who.uid);
-            self.dedupe_locks[h as usize % DEDUPE_STRIPES].lock().unwrap_or_else(|p| p.into_inner())
+            self.dedupe_locks[h as usize % DEDUPE_STRIPES].locked()
         });
         let mut st = room.lock();
         if !st.conns.contains_key(&conn.id) {
@@ -326,11 +250,7 @@ impl Hub {
             }
         }
         let id = st.last_id + 1;
-        if id > st.reserved {
-            let upto = id + ID_BLOCK - 1;
-            self.store.reserve_ids(roomid, upto)?;
-            st.reserved = upto;
-        }
+        self.keep_reserved_ahead(&room, &mut st, roomid, id)?;
         let json = protocol::message(&protocol::MessageOut {
             event: "message",
             id,
@@ -343,14 +263,23 @@ impl Hub {
             ts: now,
             cid,
         });
-        let queued_for = {
-            let offline: Vec<&str> = st.offline.iter().map(String::as_str).collect();
-            let dedupe = cid.map(|c| (who.uid, c));
+        let offline = st.offline_now();
+        let dedupe = cid.map(|c| (who.uid, c));
+        let prev =
             self.store.append(&Append { room: roomid, id, json: &json, offline: &offline, dedupe, now_ms: now })?;
-            offline.len() as u64
-        };
+        let mut queued_for = offline.len() as u64;
+        // Connections that began closing since `offline_now` refuse the frame: their members
+        // get it queued too, still before the ack is registered (the flush covers it).
+        let missed = st.fan_out_message(&wire::text(&json), &self.metrics);
+        let missed: Vec<&str> = missed.into_iter().filter(|u| !offline.contains(u)).collect();
+        if !missed.is_empty() {
+            let a = Append { room: roomid, id, json: &json, offline: &missed, dedupe: None, now_ms: now };
+            match self.store.enqueue(&a, prev) {
+                Ok(()) => queued_for += missed.len() as u64,
+                Err(e) => tracing::error!("room {roomid}: queueing message {id} for closing members failed: {e:#}"),
+            }
+        }
         st.last_id = id;
-        st.fan_out(&wire::text(&json), &self.metrics);
         drop(st);
         self.metrics.messages_in.inc();
         self.metrics.offline_writes.add(queued_for);
@@ -360,93 +289,29 @@ impl Hub {
         Ok(())
     }
 
-    /// Every `interval`: close connections silent since the last tick, ping the others.
-    pub async fn heartbeat(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
-        let ping = wire::text(&protocol::heartbeat(true));
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.cancelled() => return,
-            }
-            let conns: Vec<Arc<Conn>> = self.conns.lock().unwrap().values().cloned().collect();
-            for c in conns {
-                if c.seen.swap(false, Ordering::Relaxed) {
-                    self.send_one(&c, ping.clone());
-                } else {
-                    c.outbox.close(1000, "heartbeat timeout");
+    /// Makes sure `id` is durably reserved, and starts reserving the next block once half of
+    /// the current one is used. The flush runs in a task of its own: no publish waits on the
+    /// disk, and none runs under the room lock. Only when a whole half-block is published
+    /// within one flush does a publish find `id` unreserved: it is refused as `unavailable`.
+    fn keep_reserved_ahead(&self, room: &Arc<Room>, st: &mut RoomState, roomid: &str, id: u64) -> Result<(), HubError> {
+        if !st.reserving && st.reserved.saturating_sub(id) < ID_BLOCK / 2 {
+            let upto = st.reserved.max(id) + ID_BLOCK;
+            self.store.reserve_ids(roomid, upto)?;
+            st.reserving = true;
+            let (store, room) = (self.store.clone(), room.clone());
+            tokio::spawn(async move {
+                let flushed = store.flush().await;
+                let mut st = room.lock();
+                st.reserving = false;
+                match flushed {
+                    Ok(()) => st.reserved = st.reserved.max(upto),
+                    Err(e) => tracing::error!("id reservation flush failed (retried at the next publish): {e:#}"),
                 }
-            }
+            });
         }
-    }
-
-    /// Once a minute: drop expired queue entries and dedupe records, and evict idle rooms.
-    pub async fn housekeeping(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.cancelled() => return,
-            }
-            let store = self.store.clone();
-            let res = tokio::task::spawn_blocking(move || store.expire(crate::now_ms())).await;
-            if let Ok(Err(e)) = res {
-                tracing::warn!("expiry sweep failed: {e:#}");
-            }
-            if let Err(e) = self.evict_idle_rooms().await {
-                tracing::warn!("room eviction failed: {e:#}");
-            }
-        }
-    }
-
-    /// At a clean shutdown, once nothing is published any more: releases every open room's id
-    /// reservation (after the caller's flush), so ids continue without a gap after a restart.
-    pub fn release_ids(&self) -> anyhow::Result<()> {
-        let all: Vec<(String, Arc<Room>)> =
-            self.rooms.lock().unwrap().iter().map(|(id, r)| (id.clone(), r.clone())).collect();
-        for (id, room) in all {
-            let last_id = room.lock().last_id;
-            self.store.release_ids(&id, last_id)?;
+        if id > st.reserved {
+            return Err(HubError::Unavailable(anyhow::anyhow!("ids are being reserved, try again")));
         }
         Ok(())
-    }
-
-    /// Drops rooms with no connection from memory (their state is in the store), so that
-    /// rooms nobody visits cost nothing. Their id reservation is released, after a flush that
-    /// makes every message they hold durable, so ids continue without a gap when they reopen.
-    pub async fn evict_idle_rooms(&self) -> anyhow::Result<usize> {
-        // Lock order: a room, then the map; never the map, then a room.
-        let all: Vec<(String, Arc<Room>)> =
-            self.rooms.lock().unwrap().iter().map(|(id, r)| (id.clone(), r.clone())).collect();
-        let idle: Vec<(String, Arc<Room>, u64)> = all
-            .into_iter()
-            .filter_map(|(id, r)| {
-                let last_id = {
-                    let st = r.lock();
-                    st.conns.is_empty().then_some(st.last_id)
-                };
-                last_id.map(|l| (id, r, l))
-            })
-            .collect();
-        if idle.is_empty() {
-            return Ok(0);
-        }
-        self.store.flush().await?;
-        let mut evicted = 0;
-        for (id, room, last_id) in idle {
-            let mut st = room.lock();
-            // Someone came (and maybe published) since: not idle after all.
-            if !st.conns.is_empty() || st.last_id != last_id || st.evicted {
-                continue;
-            }
-            self.store.release_ids(&id, st.last_id)?;
-            let mut rooms = self.rooms.lock().unwrap();
-            if rooms.get(&id).is_some_and(|r| Arc::ptr_eq(r, &room)) {
-                rooms.remove(&id);
-                st.evicted = true;
-                evicted += 1;
-            }
-        }
-        Ok(evicted)
     }
 }

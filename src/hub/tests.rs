@@ -40,7 +40,7 @@ async fn idle_rooms_are_evicted_and_reopen_where_they_were() {
     let who = Who { uid: "u1", name: "U1" };
     let out = Arc::new(Outbox::new(100, 1 << 20));
     let c = hub.register(out.clone());
-    hub.join(&c, &who, "r", None).unwrap();
+    hub.join(&c, &who, "r", None).await.unwrap();
     hub.publish(&c, &who, "r", "one", None).unwrap();
     assert_eq!(hub.evict_idle_rooms().await.unwrap(), 0, "a room with a connection stays");
     hub.disconnect(&c, &who, &["r".to_string()]);
@@ -49,7 +49,7 @@ async fn idle_rooms_are_evicted_and_reopen_where_they_were() {
 
     let out2 = Arc::new(Outbox::new(100, 1 << 20));
     let c2 = hub.register(out2.clone());
-    hub.join(&c2, &who, "r", None).unwrap();
+    hub.join(&c2, &who, "r", None).await.unwrap();
     hub.publish(&c2, &who, "r", "two", None).unwrap();
     let ev = events(&out2).await;
     assert_eq!(ev[0]["event"], "login");
@@ -63,10 +63,10 @@ async fn a_room_in_use_again_is_not_evicted() {
     let who = Who { uid: "u1", name: "U1" };
     let out = Arc::new(Outbox::new(100, 1 << 20));
     let c = hub.register(out.clone());
-    hub.join(&c, &who, "r", None).unwrap();
+    hub.join(&c, &who, "r", None).await.unwrap();
     hub.disconnect(&c, &who, &["r".to_string()]);
     let c2 = hub.register(out.clone());
-    hub.join(&c2, &who, "r", None).unwrap();
+    hub.join(&c2, &who, "r", None).await.unwrap();
     assert_eq!(hub.evict_idle_rooms().await.unwrap(), 0);
     hub.publish(&c2, &who, "r", "still here", None).unwrap();
     let ev = events(&out).await;
@@ -85,11 +85,11 @@ async fn ids_resumed_after_a_crash_survive_an_eviction() {
     let who = Who { uid: "u1", name: "U1" };
     let out = Arc::new(Outbox::new(100, 1 << 20));
     let c = hub.register(out.clone());
-    hub.join(&c, &who, "r", None).unwrap();
+    hub.join(&c, &who, "r", None).await.unwrap();
     hub.disconnect(&c, &who, &["r".to_string()]);
     assert_eq!(hub.evict_idle_rooms().await.unwrap(), 1);
     let c2 = hub.register(out.clone());
-    hub.join(&c2, &who, "r", None).unwrap();
+    hub.join(&c2, &who, "r", None).await.unwrap();
     hub.publish(&c2, &who, "r", "after", None).unwrap();
     let ev = events(&out).await;
     assert_eq!(ev.last().unwrap()["id"], 1025);

@@ -205,6 +205,9 @@ export class Chat {
     view.showCounts(room, room === this.active());
     if (ev.event === 'logout') {
       view.notice(room.id, 'leave', `${ev.name} left`);
+    } else if (ev.uid === this.me && ev.recovered === false) {
+      // Only our own copy of a login with `since` carries it (docs/protocol.md, Recovery).
+      view.notice(room.id, 'gap', 'Some messages sent while you were away are no longer kept by the server: there is a gap above.');
     } else if (ev.uid !== this.me || !room.welcomed) {
       // Our own welcome once; not again on every reconnect.
       if (ev.uid === this.me) room.welcomed = true;

@@ -7,6 +7,9 @@
 //! This replaces fastwebsockets' reader, whose fixed 8 KiB buffer per connection was the largest
 //! part of an idle connection's memory: here an idle connection holds a few hundred bytes.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -16,7 +19,7 @@ pub enum Input {
     Text(String),
     Binary,
     Ping(Vec<u8>),
-    Pong,
+    Pong(Vec<u8>),
     /// The peer's close frame (its code, if it gave one).
     Close(Option<u16>),
 }
@@ -104,11 +107,20 @@ pub struct MessageReader<R> {
     buf: BytesMut,
     max: usize,
     partial: Option<(u8, Vec<u8>)>,
+    /// Set on every whole frame received (a fragment too), for the heartbeat's liveness.
+    seen: Option<Arc<AtomicBool>>,
 }
 
 impl<R: AsyncRead + Unpin> MessageReader<R> {
     pub fn new(read: R, max_message_bytes: usize) -> Self {
-        MessageReader { read, buf: BytesMut::new(), max: max_message_bytes, partial: None }
+        MessageReader { read, buf: BytesMut::new(), max: max_message_bytes, partial: None, seen: None }
+    }
+
+    /// Marks `flag` on every frame received, before a message is complete: a peer sending a
+    /// long fragmented message is alive.
+    pub fn with_seen(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.seen = Some(flag);
+        self
     }
 
     /// Reads and discards until the peer closes (bounded by the caller's timeout), so that a
@@ -149,6 +161,9 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
                         *b ^= h.mask[i & 3];
                     }
                     self.buf.advance(total);
+                    if let Some(seen) = &self.seen {
+                        seen.store(true, Ordering::Relaxed);
+                    }
                     return Ok((h.fin, h.opcode, payload));
                 }
                 self.fill(total - self.buf.len()).await?;
@@ -180,7 +195,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
                     };
                 }
                 OP_PING => return Ok(Input::Ping(payload)),
-                OP_PONG => return Ok(Input::Pong),
+                OP_PONG => return Ok(Input::Pong(payload)),
                 OP_TEXT | OP_BINARY => {
                     if self.partial.is_some() {
                         return Err(Violation(1002, "new message inside a fragmented one"));

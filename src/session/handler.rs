@@ -129,7 +129,7 @@ impl Session {
         if let (Some(a), Some(n)) = (self.auth.as_mut(), id.name) {
             a.token_name = Some(n);
         }
-        self.clock.exp_ms.store(id.exp.saturating_mul(1000).max(1), Ordering::Relaxed);
+        self.clock.exp_ms.store(id.valid_until.saturating_mul(1000).max(1), Ordering::Relaxed);
         self.clock.changed.notify_one();
         if self.v1 {
             let who = self.who();
@@ -142,7 +142,14 @@ impl Session {
         self.error(ErrorCode::BinaryUnsupported, "binary frames are not supported: send JSON text");
     }
 
-    pub fn on_text(&mut self, text: &str) -> Flow {
+    /// A pong: evidence for the queue entries of a drain (see `Hub::pong`).
+    pub fn on_pong(&self, payload: &[u8]) {
+        if self.auth.is_some() {
+            self.env.hub.pong(&self.conn, payload);
+        }
+    }
+
+    pub async fn on_text(&mut self, text: &str) -> Flow {
         let limits = DecodeLimits { max_text_chars: self.env.limits.max_text_chars };
         let event = match protocol::decode(text, limits) {
             Ok(e) => e,
@@ -172,7 +179,7 @@ impl Session {
                 if name.is_some() {
                     self.login_name = name;
                 }
-                self.login(&roomid, since);
+                self.login(&roomid, since).await;
             }
             ClientEvent::Leave { roomid } => self.leave(&roomid),
             ClientEvent::Message { roomid, text, cid } => return self.message(roomid, &text, cid.as_deref()),
@@ -183,20 +190,20 @@ impl Session {
     fn hub_error(&self, e: HubError) {
         match e {
             HubError::NotInRoom => self.error(ErrorCode::NotInRoom, "this connection has not joined that room"),
-            HubError::Internal(e) => {
+            HubError::Unavailable(e) => {
                 tracing::error!("store error: {e:#}");
-                self.error(ErrorCode::Internal, "internal error, try again")
+                self.error(ErrorCode::Unavailable, "the store cannot take this now, try again")
             }
         }
     }
 
-    fn login(&mut self, roomid: &str, since: Option<u64>) {
+    async fn login(&mut self, roomid: &str, since: Option<u64>) {
         let new_room = !self.rooms.iter().any(|r| r == roomid);
         if new_room && self.rooms.len() >= self.env.limits.max_rooms_per_connection {
             let detail = format!("a connection can be in at most {} rooms", self.env.limits.max_rooms_per_connection);
             return self.error(ErrorCode::BadRoom, &detail);
         }
-        match self.env.hub.join(&self.conn, &self.who(), roomid, since) {
+        match self.env.hub.join(&self.conn, &self.who(), roomid, since).await {
             Ok(joined) => {
                 if new_room {
                     self.rooms.push(roomid.to_string());

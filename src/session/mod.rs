@@ -128,7 +128,7 @@ async fn finish(
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(r: R, env: Arc<Env>, conn: Arc<Conn>, clock: Arc<AuthClock>, up: Upgrade) {
-    let mut frames = MessageReader::new(r, env.limits.max_message_bytes);
+    let mut frames = MessageReader::new(r, env.limits.max_message_bytes).with_seen(conn.seen_flag());
     let mut session = Session::new(env.clone(), conn.clone(), clock, up.v1);
     if let Some(t) = up.token {
         if let Flow::Close(code, why) = session.on_token(&t) {
@@ -137,7 +137,6 @@ async fn read_loop<R: AsyncRead + Unpin>(r: R, env: Arc<Env>, conn: Arc<Conn>, c
     }
     loop {
         let input = frames.next().await;
-        conn.mark_seen();
         let closing = conn.outbox.is_closing();
         let flow = match input {
             Err(ReadError::Gone) => return,
@@ -155,17 +154,21 @@ async fn read_loop<R: AsyncRead + Unpin>(r: R, env: Arc<Env>, conn: Arc<Conn>, c
                 conn.outbox.close(echo, "");
                 return;
             }
+            // Evidence that the client has what was sent before our ping, even while closing.
+            Ok(Input::Pong(p)) => {
+                session.on_pong(&p);
+                Flow::Continue
+            }
             Ok(_) if closing => Flow::Continue,
             Ok(Input::Ping(p)) => {
                 conn.outbox.push(wire::pong(&p));
                 Flow::Continue
             }
-            Ok(Input::Pong) => Flow::Continue,
             Ok(Input::Binary) => {
                 session.on_binary();
                 Flow::Continue
             }
-            Ok(Input::Text(t)) => session.on_text(&t),
+            Ok(Input::Text(t)) => session.on_text(&t).await,
         };
         if let Flow::Close(code, why) = flow {
             conn.outbox.close(code, why);

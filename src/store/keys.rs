@@ -13,12 +13,14 @@ pub enum Key {
     UserRoom { uid: String, room: String },
     /// `room:{room}:online` hash field -> live connections (u32).
     Online { room: String, uid: String },
-    /// `room:{room}:seq` counter (u64).
+    /// `room:{room}:seq` counter: the last stored id (u64), and how many messages the room
+    /// has stored in all (u64), the position the next history entry follows.
     Seq { room: String },
-    /// The durably reserved id ceiling of `room:{room}:seq` (u64).
+    /// The reserved id ceiling of `room:{room}:seq` (u64): ids up to it may have been given.
     SeqReserved { room: String },
-    /// `room:{room}:history` list entry, by message id.
-    History { room: String, id: u64 },
+    /// `room:{room}:history` list entry, by position (1, 2, 3, ... with no gaps, whatever
+    /// the ids), so that the window of the last N is kept by count.
+    History { room: String, pos: u64 },
     /// `offline:{uid}` list entry, by entry number.
     Queue { uid: String, n: u64 },
     /// `dedupe:{uid}:{cid}` string.
@@ -30,8 +32,12 @@ const USER_ROOM: u8 = b'u';
 const ONLINE: u8 = b'p';
 const SEQ: u8 = b's';
 const SEQ_RESERVED: u8 = b'r';
-const HISTORY: u8 = b'h';
-const QUEUE: u8 = b'o';
+const HISTORY: u8 = b'H';
+const QUEUE: u8 = b'q';
+/// Layout 1 (before `prev` and history positions): history by id, queue entries without
+/// `prev`. Only read, to migrate them (`sled_store::migrate`).
+pub const LEGACY_HISTORY: u8 = b'h';
+pub const LEGACY_QUEUE: u8 = b'o';
 const DEDUPE: u8 = b'd';
 
 /// Builds keys component by component.
@@ -83,8 +89,11 @@ pub fn queue_all() -> Vec<u8> {
 pub fn queue_key(uid: &str, n: u64) -> Vec<u8> {
     KeyBuf::new(QUEUE).str(uid).num(n).into_vec()
 }
-pub fn history_key(room: &str, id: u64) -> Vec<u8> {
-    KeyBuf::new(HISTORY).str(room).num(id).into_vec()
+pub fn history_key(room: &str, pos: u64) -> Vec<u8> {
+    KeyBuf::new(HISTORY).str(room).num(pos).into_vec()
+}
+pub fn seq_all() -> Vec<u8> {
+    vec![SEQ]
 }
 pub fn dedupe_all() -> Vec<u8> {
     vec![DEDUPE]
@@ -98,7 +107,7 @@ impl Key {
             Key::Online { room, uid } => KeyBuf::new(ONLINE).str(room).str(uid),
             Key::Seq { room } => KeyBuf::new(SEQ).str(room),
             Key::SeqReserved { room } => KeyBuf::new(SEQ_RESERVED).str(room),
-            Key::History { room, id } => KeyBuf::new(HISTORY).str(room).num(*id),
+            Key::History { room, pos } => KeyBuf::new(HISTORY).str(room).num(*pos),
             Key::Queue { uid, n } => KeyBuf::new(QUEUE).str(uid).num(*n),
             Key::Dedupe { uid, cid } => KeyBuf::new(DEDUPE).str(uid).str(cid),
         }
@@ -121,7 +130,7 @@ impl Key {
             SEQ_RESERVED => Key::SeqReserved { room: s()? },
             HISTORY => {
                 let room = s()?;
-                Key::History { room, id: u64::from_be_bytes(rest.try_into().ok()?) }
+                Key::History { room, pos: u64::from_be_bytes(rest.try_into().ok()?) }
             }
             QUEUE => {
                 let uid = s()?;
@@ -164,7 +173,7 @@ mod tests {
     fn keys_round_trip() {
         for k in [
             Key::Member { room: "r".into(), uid: "u:1".into() },
-            Key::History { room: "r".into(), id: 7 },
+            Key::History { room: "r".into(), pos: 7 },
             Key::Queue { uid: "ü".into(), n: 3 },
             Key::Dedupe { uid: "u".into(), cid: "c".into() },
             Key::Seq { room: "r".into() },

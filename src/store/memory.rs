@@ -1,6 +1,7 @@
 //! The in-memory backend: the same contract as sled with nothing on disk (tests, and a
 //! reference for what each method must do).
 
+use crate::sync::LockExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
 
@@ -13,6 +14,7 @@ struct Entry {
     ts: u64,
     room: String,
     id: u64,
+    prev: u64,
     json: Bytes,
 }
 
@@ -40,15 +42,34 @@ impl MemoryStore {
     }
 }
 
+impl MemoryStore {
+    /// One queue entry per `a.offline` uid, each queue trimmed to its bounds.
+    fn push_entries(&self, d: &mut Data, a: &Append, prev: u64) {
+        for uid in a.offline {
+            let next = d.next_n.entry(uid.to_string()).or_insert(0);
+            let n = *next;
+            *next += 1;
+            let q = d.queues.entry(uid.to_string()).or_default();
+            let json = Bytes::copy_from_slice(a.json);
+            q.push_back(Entry { n, ts: a.now_ms, room: a.room.into(), id: a.id, prev, json });
+            while q.len() > self.bounds.offline_max
+                || q.front().is_some_and(|e| e.ts + self.bounds.offline_ttl_ms <= a.now_ms)
+            {
+                q.pop_front();
+            }
+        }
+    }
+}
+
 impl Store for MemoryStore {
     fn add_member(&self, room: &str, uid: &str) -> Result<bool> {
-        let mut d = self.data.lock().unwrap();
+        let mut d = self.data.locked();
         d.user_rooms.entry(uid.into()).or_default().insert(room.into());
         Ok(d.members.entry(room.into()).or_default().insert(uid.into()))
     }
 
     fn remove_member(&self, room: &str, uid: &str) -> Result<bool> {
-        let mut d = self.data.lock().unwrap();
+        let mut d = self.data.locked();
         if let Some(r) = d.user_rooms.get_mut(uid) {
             r.remove(room);
         }
@@ -56,12 +77,12 @@ impl Store for MemoryStore {
     }
 
     fn members(&self, room: &str) -> Result<Vec<String>> {
-        let d = self.data.lock().unwrap();
+        let d = self.data.locked();
         Ok(d.members.get(room).map(|m| m.iter().cloned().collect()).unwrap_or_default())
     }
 
     fn set_online(&self, room: &str, uid: &str, conns: u32) -> Result<()> {
-        let mut d = self.data.lock().unwrap();
+        let mut d = self.data.locked();
         let r = d.online.entry(room.into()).or_default();
         if conns == 0 {
             r.remove(uid);
@@ -72,80 +93,73 @@ impl Store for MemoryStore {
     }
 
     fn online(&self, room: &str) -> Result<Vec<(String, u32)>> {
-        let d = self.data.lock().unwrap();
+        let d = self.data.locked();
         Ok(d.online.get(room).map(|r| r.iter().map(|(u, n)| (u.clone(), *n)).collect()).unwrap_or_default())
     }
 
     fn clear_presence(&self) -> Result<()> {
-        self.data.lock().unwrap().online.clear();
+        self.data.locked().online.clear();
         Ok(())
     }
 
     fn last_id(&self, room: &str) -> Result<u64> {
-        let d = self.data.lock().unwrap();
+        let d = self.data.locked();
         Ok(d.seq.get(room).copied().unwrap_or(0).max(d.reserved.get(room).copied().unwrap_or(0)))
     }
 
     fn reserve_ids(&self, room: &str, upto: u64) -> Result<()> {
-        self.data.lock().unwrap().reserved.insert(room.into(), upto);
+        let mut d = self.data.locked();
+        let r = d.reserved.entry(room.into()).or_insert(0);
+        *r = (*r).max(upto);
         Ok(())
     }
 
     fn release_ids(&self, room: &str, last_id: u64) -> Result<()> {
-        let mut d = self.data.lock().unwrap();
-        d.reserved.remove(room);
-        let seq = d.seq.entry(room.into()).or_insert(0);
-        *seq = (*seq).max(last_id);
+        self.data.locked().reserved.insert(room.into(), last_id);
         Ok(())
     }
 
-    fn append(&self, a: &Append) -> Result<()> {
-        let mut d = self.data.lock().unwrap();
-        d.seq.insert(a.room.into(), a.id);
+    fn append(&self, a: &Append) -> Result<u64> {
+        let mut d = self.data.locked();
+        let prev = d.seq.insert(a.room.into(), a.id).unwrap_or(0);
         let h = d.history.entry(a.room.into()).or_default();
-        h.push_back(Stored { id: a.id, json: Bytes::copy_from_slice(a.json) });
+        h.push_back(Stored { id: a.id, prev, json: Bytes::copy_from_slice(a.json) });
         while h.len() > self.bounds.history_max {
             h.pop_front();
         }
-        for uid in a.offline {
-            let next = d.next_n.entry(uid.to_string()).or_insert(0);
-            let n = *next;
-            *next += 1;
-            let q = d.queues.entry(uid.to_string()).or_default();
-            q.push_back(Entry { n, ts: a.now_ms, room: a.room.into(), id: a.id, json: Bytes::copy_from_slice(a.json) });
-            while q.len() > self.bounds.offline_max
-                || q.front().is_some_and(|e| e.ts + self.bounds.offline_ttl_ms <= a.now_ms)
-            {
-                q.pop_front();
-            }
-        }
+        self.push_entries(&mut d, a, prev);
         if let Some((uid, cid)) = a.dedupe {
             d.dedupe.insert((uid.into(), cid.into()), (a.now_ms, a.room.into(), a.id));
         }
+        Ok(prev)
+    }
+
+    fn enqueue(&self, a: &Append, prev: u64) -> Result<()> {
+        self.push_entries(&mut self.data.locked(), a, prev);
         Ok(())
     }
 
     fn history_after(&self, room: &str, after: u64) -> Result<Vec<Stored>> {
-        let d = self.data.lock().unwrap();
+        let d = self.data.locked();
         Ok(d.history.get(room).map(|h| h.iter().filter(|s| s.id > after).cloned().collect()).unwrap_or_default())
     }
 
     fn queued(&self, uid: &str, room: &str, now_ms: u64) -> Result<Vec<Queued>> {
-        let d = self.data.lock().unwrap();
+        let d = self.data.locked();
         let ttl = self.bounds.offline_ttl_ms;
         Ok(d.queues
             .get(uid)
             .map(|q| {
                 q.iter()
                     .filter(|e| e.room == room && e.ts + ttl > now_ms)
-                    .map(|e| Queued { n: e.n, id: e.id, json: e.json.clone() })
+                    .map(|e| Queued { n: e.n, id: e.id, prev: e.prev, json: e.json.clone() })
                     .collect()
             })
             .unwrap_or_default())
     }
 
     fn dequeue(&self, uid: &str, ns: &[u64]) -> Result<()> {
-        let mut d = self.data.lock().unwrap();
+        let mut d = self.data.locked();
         if let Some(q) = d.queues.get_mut(uid) {
             q.retain(|e| ns.binary_search(&e.n).is_err());
             if q.is_empty() {
@@ -156,11 +170,11 @@ impl Store for MemoryStore {
     }
 
     fn offline_len(&self, uid: &str) -> Result<usize> {
-        Ok(self.data.lock().unwrap().queues.get(uid).map(VecDeque::len).unwrap_or(0))
+        Ok(self.data.locked().queues.get(uid).map(VecDeque::len).unwrap_or(0))
     }
 
     fn dedupe_get(&self, uid: &str, cid: &str, now_ms: u64) -> Result<Option<(String, u64)>> {
-        let d = self.data.lock().unwrap();
+        let d = self.data.locked();
         Ok(d.dedupe
             .get(&(uid.to_string(), cid.to_string()))
             .filter(|(ts, _, _)| ts + self.bounds.dedupe_ttl_ms > now_ms)
@@ -168,7 +182,7 @@ impl Store for MemoryStore {
     }
 
     fn expire(&self, now_ms: u64) -> Result<()> {
-        let mut d = self.data.lock().unwrap();
+        let mut d = self.data.locked();
         let ttl = self.bounds.dedupe_ttl_ms;
         d.dedupe.retain(|_, (ts, _, _)| *ts + ttl > now_ms);
         let qttl = self.bounds.offline_ttl_ms;

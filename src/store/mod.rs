@@ -3,9 +3,13 @@
 
 pub mod keys;
 pub mod memory;
+mod migrate;
 pub mod sled_store;
 #[cfg(test)]
 mod suite;
+#[cfg(test)]
+mod suite_history;
+pub mod values;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,10 +19,15 @@ use bytes::Bytes;
 pub type Result<T> = anyhow::Result<T>;
 pub type FlushFuture = Pin<Box<dyn Future<Output = Result<()>> + Send + 'static>>;
 
-/// A message as stored in `room:{room}:history`: its id and the JSON object published.
+/// A message as stored in `room:{room}:history`: its id, the id of the message stored before
+/// it in the room (0 for the first), and the JSON object published.
+///
+/// `prev` chains a room's stored messages: ids may jump (after a crash), so "nothing was
+/// missed between `since` and this message" is `prev <= since`, never an id difference.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Stored {
     pub id: u64,
+    pub prev: u64,
     pub json: Bytes,
 }
 
@@ -29,6 +38,8 @@ pub struct Queued {
     pub n: u64,
     /// The message id.
     pub id: u64,
+    /// The id of the message stored before it in its room (see `Stored::prev`).
+    pub prev: u64,
     pub json: Bytes,
 }
 
@@ -76,25 +87,34 @@ pub trait Store: Send + Sync + 'static {
     /// Clears every room's presence (a single node starts with nobody online).
     fn clear_presence(&self) -> Result<()>;
     /// The highest id that may already have been given in the room (0 when none): the last
-    /// stored id, or the last durably reserved one when that is higher. Ids continue above it.
+    /// stored id, or the reserved ceiling when that is higher. Ids continue above it.
     fn last_id(&self, room: &str) -> Result<u64>;
-    /// Durably records that ids up to `upto` may be given (returns after a flush). Messages are
-    /// fanned out before their own flush; reserving ids in flushed blocks is what keeps ids
-    /// strictly increasing across a crash.
+    /// Records that ids up to `upto` may be given: durable once a `flush` started after the
+    /// call completes, and the caller gives no id above the last durable reservation. Messages
+    /// are fanned out before their own flush; reserving ids in flushed blocks is what keeps ids
+    /// strictly increasing across a crash. Never lowers a reservation.
     fn reserve_ids(&self, room: &str, upto: u64) -> Result<()>;
-    /// Drops the id reservation of `room`, recording `last_id` (the last id given in this run,
-    /// which after a crash may be the old reservation) as its sequence, atomically; ids then
-    /// continue right after it. Only for a room where nothing is being published and every
-    /// message is flushed (a clean shutdown, an idle room); not flushed itself.
+    /// Sets the reservation of `room` to exactly `last_id` (the last id given in this run,
+    /// which after a crash may be the old reservation); ids then continue right after it.
+    /// Only for a room where nothing is being published and every message is flushed (a clean
+    /// shutdown, an idle room); not flushed itself.
     fn release_ids(&self, room: &str, last_id: u64) -> Result<()>;
-    /// Atomically: `seq := id`, history append (trimmed to `history_max`), one queue entry per
-    /// offline uid (trimmed to `offline_max`, oldest first), the dedupe record.
-    fn append(&self, a: &Append) -> Result<()>;
-    /// History entries with `id > after`, oldest first.
+    /// Atomically: the room's sequence := `id`, history append (the room's last `history_max`
+    /// messages by count, whatever the ids), one queue entry per offline uid (trimmed to
+    /// `offline_max`, oldest first), the dedupe record. Returns the `prev` it recorded (the
+    /// id of the message stored before this one in the room).
+    fn append(&self, a: &Append) -> Result<u64>;
+    /// Queue entries only, for members found offline after `append` (their connection began
+    /// closing as the message was fanned out): one entry per `a.offline` uid, with `prev` as
+    /// `append` returned it. History, sequence and dedupe are untouched.
+    fn enqueue(&self, a: &Append, prev: u64) -> Result<()>;
+    /// The kept history entries with `id > after` (at most `history_max`, the newest), oldest
+    /// first.
     fn history_after(&self, room: &str, after: u64) -> Result<Vec<Stored>>;
     /// `uid`'s unexpired queued messages for `room`, oldest first (nothing is removed).
     fn queued(&self, uid: &str, room: &str, now_ms: u64) -> Result<Vec<Queued>>;
-    /// Removes the given entries (by `Queued::n`) from `uid`'s queue, once they are delivered.
+    /// Removes the given entries (by `Queued::n`) from `uid`'s queue, once there is evidence the
+    /// client has them (see docs/protocol.md, "Offline queues and recovery").
     fn dequeue(&self, uid: &str, ns: &[u64]) -> Result<()>;
     /// Number of entries in `offline:{uid}` (all rooms).
     fn offline_len(&self, uid: &str) -> Result<usize>;

@@ -4,6 +4,7 @@
 //! appends collect in an overlay that is applied as one batch every few milliseconds, before
 //! any scan, and before every flush.
 
+use crate::sync::LockExt;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, Weak};
@@ -13,6 +14,7 @@ use anyhow::Context;
 use bytes::Bytes;
 
 use super::keys::{self, Key};
+use super::values as val;
 use super::{Append, Bounds, FlushFuture, Queued, Result, Store, Stored};
 
 pub struct SledStore {
@@ -41,7 +43,7 @@ struct Signal {
 
 impl Signal {
     fn ring(&self, close: bool) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.state.locked();
         s.0 = true;
         s.1 |= close;
         self.cv.notify_one();
@@ -89,41 +91,10 @@ struct QueueState {
 #[derive(Default)]
 struct Queues(HashMap<String, QueueState>);
 
-/// Value layouts (all integers big-endian).
-mod val {
-    pub fn u64_at(v: &[u8], at: usize) -> u64 {
-        v.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0)
-    }
+pub use super::values::{parse_entry, Entry};
 
-    /// Queue entry and dedupe record: ts | id | room len (u16) | room | rest.
-    pub fn entry(ts: u64, id: u64, room: &str, rest: &[u8]) -> Vec<u8> {
-        let mut v = Vec::with_capacity(18 + room.len() + rest.len());
-        v.extend_from_slice(&ts.to_be_bytes());
-        v.extend_from_slice(&id.to_be_bytes());
-        v.extend_from_slice(&(room.len() as u16).to_be_bytes());
-        v.extend_from_slice(room.as_bytes());
-        v.extend_from_slice(rest);
-        v
-    }
-
-    pub struct Entry<'a> {
-        pub ts: u64,
-        pub id: u64,
-        pub room: &'a str,
-        pub rest: &'a [u8],
-    }
-
-    pub fn parse_entry(v: &[u8]) -> Option<Entry<'_>> {
-        let len = u16::from_be_bytes(v.get(16..18)?.try_into().ok()?) as usize;
-        let room = std::str::from_utf8(v.get(18..18 + len)?).ok()?;
-        Some(Entry { ts: u64_at(v, 0), id: u64_at(v, 8), room, rest: &v[18 + len..] })
-    }
-}
-
-pub use val::{parse_entry, Entry};
-
-/// Every this many ids, a publish also range-trims the history (catching entries left below
-/// the window by a lowered `--history-max`); otherwise it removes one entry by key.
+/// Every this many positions, a publish also range-trims the history (catching entries left
+/// below the window by a lowered `--history-max`); otherwise it removes one entry by key.
 const HISTORY_SWEEP_EVERY: u64 = 256;
 
 impl SledStore {
@@ -133,6 +104,12 @@ impl SledStore {
             .cache_capacity(64 << 20)
             .open()
             .with_context(|| format!("--data: cannot open the store in {}", dir.display()))?;
+        let moved = super::migrate::migrate(&db)
+            .with_context(|| format!("--data: cannot upgrade the store in {}", dir.display()))?;
+        if moved > 0 {
+            db.flush().with_context(|| format!("--data: cannot write the store in {}", dir.display()))?;
+            tracing::info!("store: {moved} entries upgraded to the current layout");
+        }
         let signal = Arc::new(Signal::default());
         let inner = Arc::new(Inner { db, bounds, writer: Mutex::default(), signal: signal.clone() });
         let weak = Arc::downgrade(&inner);
@@ -166,7 +143,7 @@ impl Drop for SledStore {
 fn applier(store: Weak<Inner>, signal: Arc<Signal>) {
     loop {
         {
-            let mut s = signal.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut s = signal.state.locked();
             while !s.0 {
                 s = signal.cv.wait(s).unwrap_or_else(|p| p.into_inner());
             }
@@ -189,7 +166,7 @@ fn applier(store: Weak<Inner>, signal: Arc<Signal>) {
 
 impl Inner {
     fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
-        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+        self.writer.locked()
     }
 
     /// Apply the overlay now (one atomic batch). On error it is kept, and the error returned.
@@ -255,9 +232,10 @@ impl Inner {
         q: &mut QueueState,
         uid: &str,
         a: &Append,
+        prev: u64,
     ) -> Result<()> {
         let new = q.next;
-        staged.0.insert(keys::queue_key(uid, new), Some(val::entry(a.now_ms, a.id, a.room, a.json)));
+        staged.0.insert(keys::queue_key(uid, new), Some(val::entry(a.now_ms, a.id, prev, a.room, a.json)));
         q.next += 1;
         q.len += 1;
         let cap = self.bounds.offline_max as u64;
@@ -283,6 +261,43 @@ impl Inner {
         }
         if q.head == new {
             q.head_ts = Some(a.now_ms);
+        }
+        Ok(())
+    }
+
+    /// Stages one queue entry per offline uid of `a`; returns the bookkeeping to keep once the
+    /// staged writes are merged.
+    fn stage_queues<'a>(
+        &self,
+        w: &mut Writer,
+        staged: &mut Pending,
+        a: &'a Append,
+        prev: u64,
+    ) -> Result<Vec<(&'a str, QueueState)>> {
+        let mut updated = Vec::with_capacity(a.offline.len());
+        for uid in a.offline {
+            let mut q = *self.queue_state(&mut w.queues, uid)?;
+            self.queue_push(staged, &w.pending, &mut q, uid, a, prev)?;
+            updated.push((*uid, q));
+        }
+        Ok(updated)
+    }
+
+    /// Moves a whole staged publish into the overlay (waking the applier when it was empty).
+    fn merge(&self, w: &mut Writer, staged: Pending, updated: Vec<(&str, QueueState)>) -> Result<()> {
+        // A full overlay is applied before this publish joins it, so that an error leaves
+        // nothing of this publish behind (its staged reads stay valid: apply only moves
+        // the overlay into sled).
+        if w.pending.0.len() + staged.0.len() >= APPLY_AT_OPS {
+            self.apply(w)?;
+        }
+        let was_empty = w.pending.0.is_empty();
+        w.pending.0.extend(staged.0);
+        for (uid, q) in updated {
+            w.queues.0.insert(uid.to_string(), q);
+        }
+        if was_empty {
+            self.signal.ring(false);
         }
         Ok(())
     }
@@ -391,84 +406,75 @@ impl Store for SledStore {
     }
 
     fn reserve_ids(&self, room: &str, upto: u64) -> Result<()> {
-        self.db.insert(Key::SeqReserved { room: room.into() }.encode(), &upto.to_be_bytes())?;
-        self.db.flush()?;
+        let _w = self.lock();
+        let k = Key::SeqReserved { room: room.into() }.encode();
+        let current = self.db.get(&k)?.map(|v| val::u64_at(&v, 0)).unwrap_or(0);
+        if upto > current {
+            self.db.insert(k, &upto.to_be_bytes())?;
+        }
         Ok(())
     }
 
     fn release_ids(&self, room: &str, last_id: u64) -> Result<()> {
-        let _w = self.settled()?;
-        let mut b = sled::Batch::default();
-        let seq = Key::Seq { room: room.into() }.encode();
-        let stored = self.db.get(&seq)?.map(|v| val::u64_at(&v, 0)).unwrap_or(0);
-        b.insert(seq, &stored.max(last_id).to_be_bytes());
-        b.remove(Key::SeqReserved { room: room.into() }.encode());
-        self.db.apply_batch(b)?;
+        let _w = self.lock();
+        self.db.insert(Key::SeqReserved { room: room.into() }.encode(), &last_id.to_be_bytes())?;
         Ok(())
     }
 
-    fn append(&self, a: &Append) -> Result<()> {
+    fn append(&self, a: &Append) -> Result<u64> {
         let mut guard = self.lock();
         let w = &mut *guard;
         // Staged first, merged into the overlay only when the whole publish is ready: a read
         // error half-way leaves nothing behind.
         let mut staged = Pending::default();
-        staged.0.insert(Key::Seq { room: a.room.into() }.encode(), Some(a.id.to_be_bytes().to_vec()));
-        staged.0.insert(keys::history_key(a.room, a.id), Some(a.json.to_vec()));
+        let seq_key = Key::Seq { room: a.room.into() }.encode();
+        let (prev, last_pos) = self.get(&[&w.pending], &seq_key)?.map(|v| val::parse_seq(&v)).unwrap_or((0, 0));
+        let pos = last_pos + 1;
+        staged.0.insert(seq_key, Some(val::seq(a.id, pos)));
+        staged.0.insert(keys::history_key(a.room, pos), Some(val::stored(a.id, prev, a.json)));
         let max = self.bounds.history_max as u64;
-        if a.id > max {
+        if pos > max {
             // The entry leaving the window may still be in the overlay: always remove it by key.
-            staged.0.insert(keys::history_key(a.room, a.id - max), None);
-            if a.id.is_multiple_of(HISTORY_SWEEP_EVERY) {
+            staged.0.insert(keys::history_key(a.room, pos - max), None);
+            if pos.is_multiple_of(HISTORY_SWEEP_EVERY) {
                 let from = keys::history_key(a.room, 0);
-                for item in self.db.range(from..keys::history_key(a.room, a.id - max + 1)) {
+                for item in self.db.range(from..keys::history_key(a.room, pos - max + 1)) {
                     staged.0.insert(item?.0.to_vec(), None);
                 }
             }
         }
-        let mut updated = Vec::with_capacity(a.offline.len());
-        for uid in a.offline {
-            let mut q = *self.queue_state(&mut w.queues, uid)?;
-            self.queue_push(&mut staged, &w.pending, &mut q, uid, a)?;
-            updated.push((*uid, q));
-        }
+        let updated = self.stage_queues(w, &mut staged, a, prev)?;
         if let Some((uid, cid)) = a.dedupe {
             staged.0.insert(
                 Key::Dedupe { uid: uid.into(), cid: cid.into() }.encode(),
-                Some(val::entry(a.now_ms, a.id, a.room, &[])),
+                Some(val::dedupe(a.now_ms, a.id, a.room)),
             );
         }
-        // A full overlay is applied before this publish joins it, so that an error leaves
-        // nothing of this publish behind (its staged reads stay valid: apply only moves
-        // the overlay into sled).
-        if w.pending.0.len() + staged.0.len() >= APPLY_AT_OPS {
-            self.apply(w)?;
-        }
-        let was_empty = w.pending.0.is_empty();
-        w.pending.0.extend(staged.0);
-        for (uid, q) in updated {
-            w.queues.0.insert(uid.to_string(), q);
-        }
-        if was_empty {
-            self.signal.ring(false);
-        }
-        Ok(())
+        self.merge(w, staged, updated)?;
+        Ok(prev)
+    }
+
+    fn enqueue(&self, a: &Append, prev: u64) -> Result<()> {
+        let mut guard = self.lock();
+        let w = &mut *guard;
+        let mut staged = Pending::default();
+        let updated = self.stage_queues(w, &mut staged, a, prev)?;
+        self.merge(w, staged, updated)
     }
 
     fn history_after(&self, room: &str, after: u64) -> Result<Vec<Stored>> {
         drop(self.settled()?);
-        let from = Key::History { room: room.into(), id: after.saturating_add(1) }.encode();
-        let prefix = keys::history_prefix(room);
+        // Newest first, so a short replay reads only what it returns.
         let mut out = Vec::new();
-        for item in self.db.range(from..) {
-            let (k, v) = item?;
-            if !k.starts_with(&prefix) {
+        for item in self.db.scan_prefix(keys::history_prefix(room)).rev() {
+            let (_, v) = item?;
+            let Some((id, prev, json)) = val::parse_stored(&v) else { continue };
+            if id <= after || out.len() >= self.bounds.history_max {
                 break;
             }
-            if let Some(Key::History { id, .. }) = Key::decode(&k) {
-                out.push(Stored { id, json: Bytes::copy_from_slice(&v) });
-            }
+            out.push(Stored { id, prev, json: Bytes::copy_from_slice(json) });
         }
+        out.reverse();
         Ok(out)
     }
 
@@ -479,7 +485,7 @@ impl Store for SledStore {
             let (k, v) = item?;
             let (Some(Key::Queue { n, .. }), Some(e)) = (Key::decode(&k), val::parse_entry(&v)) else { continue };
             if e.room == room && e.ts + self.bounds.offline_ttl_ms > now_ms {
-                out.push(Queued { n, id: e.id, json: Bytes::copy_from_slice(e.rest) });
+                out.push(Queued { n, id: e.id, prev: e.prev, json: Bytes::copy_from_slice(e.rest) });
             }
         }
         Ok(out)
@@ -500,8 +506,8 @@ impl Store for SledStore {
     fn dedupe_get(&self, uid: &str, cid: &str, now_ms: u64) -> Result<Option<(String, u64)>> {
         let v = self.get(&[&self.lock().pending], &Key::Dedupe { uid: uid.into(), cid: cid.into() }.encode())?;
         Ok(v.as_deref()
-            .and_then(val::parse_entry)
-            .and_then(|e| (e.ts + self.bounds.dedupe_ttl_ms > now_ms).then(|| (e.room.to_string(), e.id))))
+            .and_then(val::parse_dedupe)
+            .and_then(|(ts, id, room)| (ts + self.bounds.dedupe_ttl_ms > now_ms).then(|| (room.to_string(), id))))
     }
 
     fn expire(&self, now_ms: u64) -> Result<()> {
@@ -511,7 +517,7 @@ impl Store for SledStore {
             let mut b = sled::Batch::default();
             for item in self.db.scan_prefix(keys::dedupe_all()) {
                 let (k, v) = item?;
-                if val::parse_entry(&v).map(|e| e.ts + self.bounds.dedupe_ttl_ms <= now_ms).unwrap_or(true) {
+                if val::parse_dedupe(&v).map(|(ts, ..)| ts + self.bounds.dedupe_ttl_ms <= now_ms).unwrap_or(true) {
                     b.remove(k);
                 }
             }

@@ -8,25 +8,25 @@ use super::{Append, Bounds, Store};
 
 const B: Bounds = Bounds { history_max: 3, offline_max: 2, offline_ttl_ms: 1_000, dedupe_ttl_ms: 500 };
 
-fn backends() -> Vec<(&'static str, Arc<dyn Store>, Option<tempfile::TempDir>)> {
+pub(super) fn backends() -> Vec<(&'static str, Arc<dyn Store>, Option<tempfile::TempDir>)> {
     backends_with(B)
 }
 
-fn backends_with(b: Bounds) -> Vec<(&'static str, Arc<dyn Store>, Option<tempfile::TempDir>)> {
+pub(super) fn backends_with(b: Bounds) -> Vec<(&'static str, Arc<dyn Store>, Option<tempfile::TempDir>)> {
     let dir = tempfile::tempdir().unwrap();
     let sled = SledStore::open(dir.path(), b).unwrap();
     vec![("memory", Arc::new(MemoryStore::new(b)), None), ("sled", Arc::new(sled), Some(dir))]
 }
 
 /// Delivers everything queued for `uid` in `room`: read, then dequeue.
-fn take(s: &dyn Store, uid: &str, room: &str, now: u64) -> Vec<u64> {
+pub(super) fn take(s: &dyn Store, uid: &str, room: &str, now: u64) -> Vec<u64> {
     let q = s.queued(uid, room, now).unwrap();
     let ns: Vec<u64> = q.iter().map(|e| e.n).collect();
     s.dequeue(uid, &ns).unwrap();
     q.iter().map(|e| e.id).collect()
 }
 
-fn append(s: &dyn Store, room: &str, id: u64, offline: &[&str], now: u64) {
+pub(super) fn append(s: &dyn Store, room: &str, id: u64, offline: &[&str], now: u64) {
     let json = format!("{{\"id\":{id}}}");
     s.append(&Append { room, id, json: json.as_bytes(), offline, dedupe: None, now_ms: now }).unwrap();
 }
@@ -156,6 +156,8 @@ fn reserved_ids_raise_last_id() {
         append(&*s, "r", 101, &[], 0);
         s.reserve_ids("r", 2000).unwrap();
         assert_eq!(s.last_id("r").unwrap(), 2000, "{name}");
+        s.reserve_ids("r", 10).unwrap();
+        assert_eq!(s.last_id("r").unwrap(), 2000, "{name}: a reservation is never lowered");
         s.reserve_ids("q", 50).unwrap();
         s.release_ids("q", 0).unwrap();
         assert_eq!(s.last_id("q").unwrap(), 0, "{name}");

@@ -1,0 +1,246 @@
+//! Joining a room: opening it (with its first id block durably reserved), the `login`
+//! broadcast, the replay after `since` and the offline drain, the `recovered` verdict, and the
+//! rule for when drained entries leave the queue (docs/protocol.md, "Offline queues and
+//! recovery"): only on evidence the client has them, a pong to the ping sent after them or a
+//! later `since` that covers them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::protocol::{self, Mark};
+use crate::store::{Queued, Stored};
+use crate::sync::LockExt;
+use crate::wire;
+
+use super::room::{Room, RoomConn};
+use super::{Conn, Hub, HubError, Joined, Who, ID_BLOCK};
+
+/// The payload of the ping that follows a drain: this tag, then the token (8 bytes).
+const CONFIRM_TAG: &[u8] = b"nq";
+
+/// Tokens of drain pings, unique in the process.
+static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+
+/// What a joiner is owed: the replay after `since` and its queued entries for the room.
+struct CatchUp {
+    replay: Vec<Stored>,
+    queued: Vec<Queued>,
+}
+
+/// True when nothing stored after `since` is missing from `replay` and `queued`: the replay's
+/// oldest message follows `since` directly, or the queue holds every message between them.
+/// Stored messages are chained by `prev`, so ids skipped after a crash are no gap.
+fn recovered(since: u64, replay: &[Stored], queued: &[Queued]) -> bool {
+    // An empty replay: the room's newest stored message is at or before `since`.
+    let Some(first) = replay.first() else { return true };
+    let mut need = first.prev;
+    // A room's entries in a queue are in publish order, so in id order.
+    for q in queued.iter().rev() {
+        if need <= since {
+            break;
+        }
+        if q.id == need {
+            need = q.prev;
+        }
+    }
+    need <= since
+}
+
+impl Hub {
+    /// The room, opened from the store when it is not in memory: its first block of ids is
+    /// reserved and flushed before anyone can publish in it (the flush is awaited, on no lock).
+    async fn open_room(&self, id: &str) -> Result<Arc<Room>, HubError> {
+        loop {
+            if let Some(r) = self.existing_room(id) {
+                return Ok(r);
+            }
+            let members = self.store.members(id)?;
+            let last = self.store.last_id(id)?;
+            let upto = last + ID_BLOCK;
+            self.store.reserve_ids(id, upto)?;
+            self.store.flush().await?;
+            let mut rooms = self.rooms.locked();
+            if let Some(r) = rooms.get(id) {
+                return Ok(r.clone());
+            }
+            // An eviction released ids, or another opening reserved more, while we flushed:
+            // what we read may be stale, start over.
+            if self.store.last_id(id)? != upto {
+                continue;
+            }
+            let room = Arc::new(Room::new(members, last, upto));
+            rooms.insert(id.to_string(), room.clone());
+            return Ok(room);
+        }
+    }
+
+    /// `login`: joins `conn` to the room (broadcasting `login` when it is new there), then
+    /// replays history after `since`, then delivers the uid's offline queue for the room, all
+    /// under the room lock so that no live message overtakes them.
+    pub async fn join(&self, conn: &Conn, who: &Who<'_>, roomid: &str, since: Option<u64>) -> Result<Joined, HubError> {
+        loop {
+            let room = self.open_room(roomid).await?;
+            if let Some(joined) = self.join_open(&room, conn, who, roomid, since) {
+                return joined;
+            }
+            // Evicted between the lookup and the lock: the next lookup opens it afresh.
+        }
+    }
+
+    /// `join` on an open room; `None` when it was evicted meanwhile.
+    fn join_open(
+        &self,
+        room: &Room,
+        conn: &Conn,
+        who: &Who,
+        roomid: &str,
+        since: Option<u64>,
+    ) -> Option<Result<Joined, HubError>> {
+        let mut st = room.lock();
+        if st.evicted {
+            return None;
+        }
+        // Read before anything is sent: the joiner's `login` says whether this is complete.
+        let catch_up = self.read_catch_up(who.uid, roomid, since);
+        let is_new = !st.conns.contains_key(&conn.id);
+        if is_new && !st.members.contains(who.uid) {
+            if let Err(e) = self.store.add_member(roomid, who.uid) {
+                return Some(Err(e.into()));
+            }
+            st.members.insert(who.uid.to_string());
+        }
+        if is_new {
+            let uid: Arc<str> =
+                st.online.get_key_value(who.uid).map(|(k, _)| k.clone()).unwrap_or_else(|| who.uid.into());
+            let count = st.online.entry(uid.clone()).or_insert(0);
+            *count += 1;
+            let count = *count;
+            if let Err(e) = self.store.set_online(roomid, who.uid, count) {
+                tracing::warn!("presence write failed: {e:#}");
+            }
+            st.offline.remove(who.uid);
+            if st.conns.is_empty() {
+                self.metrics.rooms.inc();
+            }
+            st.conns.insert(conn.id, RoomConn { uid, outbox: conn.outbox.clone() });
+        }
+        let recovered = since.map(|k| catch_up.as_ref().is_ok_and(|c| recovered(k, &c.replay, &c.queued)));
+        if is_new || recovered.is_some() {
+            let mut login = protocol::LoginOut {
+                event: "login",
+                roomid,
+                uid: who.uid,
+                name: who.name,
+                num: st.num(),
+                total: st.total(),
+                ts: crate::now_ms(),
+                recovered: None,
+            };
+            // Others get the plain event (a repeated login is not broadcast); the joiner its own.
+            if is_new {
+                st.fan_out_except(&wire::text(&protocol::login(&login)), Some(conn.id), &self.metrics);
+            }
+            login.recovered = recovered;
+            self.send_one(conn, wire::text(&protocol::login(&login)));
+        }
+        // From here on the connection is in the room whatever happens: report, don't fail.
+        let delivered = catch_up.and_then(|c| self.deliver(conn, who.uid, since, c));
+        drop(st);
+        if let Err(e) = &delivered {
+            tracing::error!("replay/offline delivery in room {roomid}: {e:#}");
+        }
+        Some(Ok(Joined { catch_up_failed: delivered.is_err() }))
+    }
+
+    fn read_catch_up(&self, uid: &str, roomid: &str, since: Option<u64>) -> anyhow::Result<CatchUp> {
+        let replay = match since {
+            Some(k) => self.store.history_after(roomid, k)?,
+            None => Vec::new(),
+        };
+        Ok(CatchUp { replay, queued: self.store.queued(uid, roomid, crate::now_ms())? })
+    }
+
+    /// Sends the replay, then the queued entries it does not cover. Entries at or below
+    /// `since` leave the queue now (the client says it has them); the others once the client
+    /// answers the ping that follows them, and only if every frame fitted in the outbox.
+    fn deliver(&self, conn: &Conn, uid: &str, since: Option<u64>, c: CatchUp) -> anyhow::Result<()> {
+        let mut all_sent = true;
+        for m in &c.replay {
+            all_sent &= self.send_one(conn, wire::text(&protocol::with_mark(&m.json, Mark::Replay)));
+        }
+        let replayed = |id: u64| c.replay.binary_search_by_key(&id, |m| m.id).is_ok();
+        let mut claimed = Vec::new();
+        let mut sent = Vec::new();
+        for q in &c.queued {
+            if since.is_some_and(|k| q.id <= k) {
+                claimed.push(q.n);
+            } else if replayed(q.id) {
+                sent.push(q.n);
+            } else if all_sent {
+                all_sent = self.send_one(conn, wire::text(&protocol::with_mark(&q.json, Mark::Offline)));
+                if all_sent {
+                    sent.push(q.n);
+                }
+            }
+        }
+        self.store.dequeue(uid, &claimed)?;
+        if all_sent && !sent.is_empty() {
+            let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
+            let mut payload = CONFIRM_TAG.to_vec();
+            payload.extend_from_slice(&token.to_be_bytes());
+            conn.unconfirmed.locked().push((token, uid.to_string(), sent));
+            if !self.send_one(conn, wire::ping(&payload)) {
+                conn.unconfirmed.locked().retain(|(t, ..)| *t != token);
+            }
+        }
+        Ok(())
+    }
+
+    /// A pong from `conn`: when it answers a drain's ping, the entries that ping followed
+    /// (and those of earlier drains: a pong may answer only the latest ping) leave the queue.
+    pub fn pong(&self, conn: &Conn, payload: &[u8]) {
+        let Some(token) =
+            payload.strip_prefix(CONFIRM_TAG).and_then(|t| <[u8; 8]>::try_from(t).ok()).map(u64::from_be_bytes)
+        else {
+            return;
+        };
+        let confirmed: Vec<(u64, String, Vec<u64>)> = {
+            let mut pending = conn.unconfirmed.locked();
+            let split = pending.iter().position(|(t, ..)| *t > token).unwrap_or(pending.len());
+            pending.drain(..split).collect()
+        };
+        for (_, uid, mut ns) in confirmed {
+            ns.sort_unstable();
+            if let Err(e) = self.store.dequeue(&uid, &ns) {
+                // They stay queued: delivered again at the next login, which is safe.
+                tracing::warn!("dequeue after confirmation failed: {e:#}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::recovered;
+    use crate::store::{Queued, Stored};
+    use bytes::Bytes;
+
+    fn s(id: u64, prev: u64) -> Stored {
+        Stored { id, prev, json: Bytes::new() }
+    }
+    fn q(id: u64, prev: u64) -> Queued {
+        Queued { n: id, id, prev, json: Bytes::new() }
+    }
+
+    #[test]
+    fn recovered_follows_the_prev_chain() {
+        assert!(recovered(5, &[], &[]), "nothing after since");
+        assert!(recovered(5, &[s(6, 5), s(7, 6)], &[]));
+        // Ids jumped after a crash: 65537 follows 10 directly, so since=12 missed nothing.
+        assert!(recovered(12, &[s(65537, 10)], &[]));
+        assert!(!recovered(5, &[s(8, 7), s(9, 8)], &[]), "6 and 7 were trimmed");
+        assert!(recovered(5, &[s(8, 7), s(9, 8)], &[q(6, 5), q(7, 6), q(8, 7)]), "the queue has 6 and 7");
+        assert!(!recovered(5, &[s(8, 7)], &[q(7, 6)]), "6 is in neither");
+        assert!(!recovered(5, &[s(8, 7)], &[q(6, 5)]), "7 is in neither");
+    }
+}
