@@ -11,7 +11,7 @@ use crate::store::{values, Store};
 /// Logical keys matching a redis-style glob, sorted.
 pub fn keys(store: &SledStore, pattern: &str) -> anyhow::Result<Vec<String>> {
     let mut out = BTreeSet::new();
-    for item in store.tree().iter() {
+    for item in store.tree()?.iter() {
         let (k, _) = item?;
         if let Some(key) = Key::decode(&k) {
             let name = key.logical();
@@ -51,7 +51,7 @@ fn array(items: Vec<String>) -> String {
 
 fn scan(store: &SledStore, prefix: Vec<u8>) -> anyhow::Result<Vec<(Key, sled::IVec)>> {
     let mut out = Vec::new();
-    for item in store.tree().scan_prefix(prefix) {
+    for item in store.tree()?.scan_prefix(prefix) {
         let (k, v) = item?;
         if let Some(key) = Key::decode(&k) {
             out.push((key, v));
@@ -90,7 +90,7 @@ pub fn get(store: &SledStore, name: &str) -> anyhow::Result<String> {
                     .collect(),
             ),
             // The counter: the last id that may have been given (stored, or reserved above it).
-            "seq" => match store.tree().get(Key::Seq { room: room.into() }.encode())? {
+            "seq" => match store.tree()?.get(Key::Seq { room: room.into() }.encode())? {
                 Some(_) => format!("{}\n", quote(&store.last_id(room)?.to_string())),
                 None => "(nil)\n".into(),
             },
@@ -125,7 +125,7 @@ pub fn get(store: &SledStore, name: &str) -> anyhow::Result<String> {
         ));
     }
     if let Some((uid, cid)) = name.strip_prefix("dedupe:").and_then(|r| r.rsplit_once(':')) {
-        return Ok(match store.tree().get(Key::Dedupe { uid: uid.into(), cid: cid.into() }.encode())? {
+        return Ok(match store.tree()?.get(Key::Dedupe { uid: uid.into(), cid: cid.into() }.encode())? {
             Some(v) => values::parse_dedupe(&v)
                 .map(|(_, id, _)| format!("{}\n", quote(&id.to_string())))
                 .unwrap_or("(nil)\n".into()),

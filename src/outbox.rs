@@ -97,6 +97,14 @@ impl Outbox {
         Pushed::Queued
     }
 
+    /// Whether `frames` more frames of `bytes` in all would fit now, without overflowing.
+    pub fn has_room(&self, frames: usize, bytes: usize) -> bool {
+        let st = self.state.locked();
+        st.close.is_none()
+            && st.queue.len() + st.in_flight + frames <= self.max_messages
+            && st.bytes + bytes <= self.max_bytes
+    }
+
     /// Asks the writer to send a close frame after the queued frames. The first request wins.
     pub fn close(&self, code: u16, reason: &str) {
         let mut st = self.state.locked();

@@ -230,13 +230,13 @@ async fn messages_to_a_closing_connection_are_queued() {
 
 #[tokio::test]
 async fn a_token_within_the_leeway_is_not_reported_expired_at_once() {
-    let s = Server::start(ServerOpts::new().arg("--jwt-leeway", 3)).await;
+    let s = Server::start(ServerOpts::new().arg("--jwt-leeway", 5)).await;
     let mut c = Client::connect(&s).await;
-    // Expired a second ago: accepted within the 3 s leeway.
+    // Expired a second ago (whole seconds: up to two): accepted within the 5 s leeway.
     c.auth(&token("u1", None, -1)).await;
     c.login("r").await;
-    c.expect_no_event("noauth", Duration::from_millis(1200)).await;
-    let v = c.recv_json_within(Duration::from_secs(5)).await;
+    c.expect_no_event("noauth", Duration::from_millis(1500)).await;
+    let v = c.recv_json_within(Duration::from_secs(6)).await;
     assert_eq!((v["event"].as_str(), v["message"].as_str()), (Some("noauth"), Some("token expired")), "{v}");
 }
 

@@ -46,10 +46,22 @@ fn recovered(since: u64, replay: &[Stored], queued: &[Queued]) -> bool {
     need <= since
 }
 
+/// A fresh drain ping: its token and the frame.
+fn confirm_ping() -> (u64, bytes::Bytes) {
+    let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
+    let mut payload = CONFIRM_TAG.to_vec();
+    payload.extend_from_slice(&token.to_be_bytes());
+    (token, wire::ping(&payload))
+}
+
 impl Hub {
     /// The room, opened from the store when it is not in memory: its first block of ids is
     /// reserved and flushed before anyone can publish in it (the flush is awaited, on no lock).
     async fn open_room(&self, id: &str) -> Result<Arc<Room>, HubError> {
+        if let Some(r) = self.existing_room(id) {
+            return Ok(r);
+        }
+        let _opening = self.open_locks[super::stripe(id)].lock().await;
         loop {
             if let Some(r) = self.existing_room(id) {
                 return Ok(r);
@@ -63,8 +75,7 @@ impl Hub {
             if let Some(r) = rooms.get(id) {
                 return Ok(r.clone());
             }
-            // An eviction released ids, or another opening reserved more, while we flushed:
-            // what we read may be stale, start over.
+            // An eviction released ids while we flushed: what we read may be stale, start over.
             if self.store.last_id(id)? != upto {
                 continue;
             }
@@ -162,22 +173,32 @@ impl Hub {
 
     /// Sends the replay, then the queued entries it does not cover. Entries at or below
     /// `since` leave the queue now (the client says it has them); the others once the client
-    /// answers the ping that follows them, and only if every frame fitted in the outbox.
+    /// answers the ping that follows them. A queue larger than the outbox has room for is sent
+    /// in part, the ping after it, and the connection closed with 1013: the rest stays queued
+    /// for the next `login`, which so always gets further.
     fn deliver(&self, conn: &Conn, uid: &str, since: Option<u64>, c: CatchUp) -> anyhow::Result<()> {
         let mut all_sent = true;
         for m in &c.replay {
             all_sent &= self.send_one(conn, wire::text(&protocol::with_mark(&m.json, Mark::Replay)));
         }
         let replayed = |id: u64| c.replay.binary_search_by_key(&id, |m| m.id).is_ok();
+        let ping = confirm_ping();
         let mut claimed = Vec::new();
         let mut sent = Vec::new();
+        let mut cut_short = false;
         for q in &c.queued {
             if since.is_some_and(|k| q.id <= k) {
                 claimed.push(q.n);
             } else if replayed(q.id) {
                 sent.push(q.n);
-            } else if all_sent {
-                all_sent = self.send_one(conn, wire::text(&protocol::with_mark(&q.json, Mark::Offline)));
+            } else if all_sent && !cut_short {
+                let frame = wire::text(&protocol::with_mark(&q.json, Mark::Offline));
+                // Room for this entry and the ping after it, or the drain stops here.
+                if !conn.outbox.has_room(2, frame.len() + ping.1.len()) {
+                    cut_short = true;
+                    continue;
+                }
+                all_sent = self.send_one(conn, frame);
                 if all_sent {
                     sent.push(q.n);
                 }
@@ -185,13 +206,14 @@ impl Hub {
         }
         self.store.dequeue(uid, &claimed)?;
         if all_sent && !sent.is_empty() {
-            let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
-            let mut payload = CONFIRM_TAG.to_vec();
-            payload.extend_from_slice(&token.to_be_bytes());
+            let (token, frame) = ping;
             conn.unconfirmed.locked().push((token, uid.to_string(), sent));
-            if !self.send_one(conn, wire::ping(&payload)) {
+            if !self.send_one(conn, frame) {
                 conn.unconfirmed.locked().retain(|(t, ..)| *t != token);
             }
+        }
+        if cut_short {
+            conn.outbox.close(1013, "slow consumer: log in again for the rest of the offline queue");
         }
         Ok(())
     }

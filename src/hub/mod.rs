@@ -80,6 +80,12 @@ const ID_BLOCK: u64 = 65_536;
 /// Stripes of the per-uid lock around "check the dedupe record, then publish".
 const DEDUPE_STRIPES: usize = 64;
 
+/// The stripe of a striped lock that `key` takes.
+fn stripe(key: &str) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(key) as usize % DEDUPE_STRIPES
+}
+
 impl From<anyhow::Error> for HubError {
     fn from(e: anyhow::Error) -> Self {
         HubError::Unavailable(e)
@@ -98,6 +104,9 @@ pub struct Hub {
     /// Serialises publishes with a `cid` per uid (striped), so one `cid` is published once even
     /// when two connections of the uid send it to two rooms at the same moment.
     dedupe_locks: [Mutex<()>; DEDUPE_STRIPES],
+    /// Serialises the opening of a room (striped by room id): one opener reserves and
+    /// flushes, the others find the room open when they get the lock.
+    open_locks: [tokio::sync::Mutex<()>; DEDUPE_STRIPES],
 }
 
 impl Hub {
@@ -112,6 +121,7 @@ impl Hub {
             next_conn: AtomicU64::new(1),
             max_per_uid,
             dedupe_locks: std::array::from_fn(|_| Mutex::new(())),
+            open_locks: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
         })
     }
 
@@ -232,11 +242,7 @@ impl Hub {
     pub fn publish(&self, conn: &Conn, who: &Who, roomid: &str, text: &str, cid: Option<&str>) -> Result<(), HubError> {
         let room = self.existing_room(roomid).ok_or(HubError::NotInRoom)?;
         // Lock order: dedupe stripe, then room.
-        let _cid_guard = cid.map(|_| {
-            use std::hash::{BuildHasher, BuildHasherDefault};
-            let h = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(who.uid);
-            self.dedupe_locks[h as usize % DEDUPE_STRIPES].locked()
-        });
+        let _cid_guard = cid.map(|_| self.dedupe_locks[stripe(who.uid)].locked());
         let mut st = room.lock();
         if !st.conns.contains_key(&conn.id) {
             return Err(HubError::NotInRoom);

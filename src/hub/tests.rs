@@ -94,3 +94,149 @@ async fn ids_resumed_after_a_crash_survive_an_eviction() {
     let ev = events(&out).await;
     assert_eq!(ev.last().unwrap()["id"], 1025);
 }
+
+/// The memory store behind a gate: its flushes wait until the test opens the gate, and its
+/// appends fail while `fail` is set (a full disk).
+struct Gated {
+    inner: MemoryStore,
+    gate: tokio::sync::watch::Sender<bool>,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl crate::store::Store for Gated {
+    fn add_member(&self, room: &str, uid: &str) -> anyhow::Result<bool> {
+        self.inner.add_member(room, uid)
+    }
+    fn remove_member(&self, room: &str, uid: &str) -> anyhow::Result<bool> {
+        self.inner.remove_member(room, uid)
+    }
+    fn members(&self, room: &str) -> anyhow::Result<Vec<String>> {
+        self.inner.members(room)
+    }
+    fn set_online(&self, room: &str, uid: &str, conns: u32) -> anyhow::Result<()> {
+        self.inner.set_online(room, uid, conns)
+    }
+    fn online(&self, room: &str) -> anyhow::Result<Vec<(String, u32)>> {
+        self.inner.online(room)
+    }
+    fn clear_presence(&self) -> anyhow::Result<()> {
+        self.inner.clear_presence()
+    }
+    fn last_id(&self, room: &str) -> anyhow::Result<u64> {
+        self.inner.last_id(room)
+    }
+    fn reserve_ids(&self, room: &str, upto: u64) -> anyhow::Result<()> {
+        self.inner.reserve_ids(room, upto)
+    }
+    fn release_ids(&self, room: &str, last_id: u64) -> anyhow::Result<()> {
+        self.inner.release_ids(room, last_id)
+    }
+    fn append(&self, a: &crate::store::Append) -> anyhow::Result<u64> {
+        if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+            anyhow::bail!("disk full");
+        }
+        self.inner.append(a)
+    }
+    fn enqueue(&self, a: &crate::store::Append, prev: u64) -> anyhow::Result<()> {
+        self.inner.enqueue(a, prev)
+    }
+    fn history_after(&self, room: &str, after: u64) -> anyhow::Result<Vec<crate::store::Stored>> {
+        self.inner.history_after(room, after)
+    }
+    fn queued(&self, uid: &str, room: &str, now_ms: u64) -> anyhow::Result<Vec<crate::store::Queued>> {
+        self.inner.queued(uid, room, now_ms)
+    }
+    fn dequeue(&self, uid: &str, ns: &[u64]) -> anyhow::Result<()> {
+        self.inner.dequeue(uid, ns)
+    }
+    fn offline_len(&self, uid: &str) -> anyhow::Result<usize> {
+        self.inner.offline_len(uid)
+    }
+    fn dedupe_get(&self, uid: &str, cid: &str, now_ms: u64) -> anyhow::Result<Option<(String, u64)>> {
+        self.inner.dedupe_get(uid, cid, now_ms)
+    }
+    fn expire(&self, now_ms: u64) -> anyhow::Result<()> {
+        self.inner.expire(now_ms)
+    }
+    fn flush(&self) -> crate::store::FlushFuture {
+        let mut open = self.gate.subscribe();
+        Box::pin(async move {
+            open.wait_for(|o| *o).await?;
+            Ok(())
+        })
+    }
+}
+
+fn gated() -> (Arc<Hub>, Arc<Gated>) {
+    let b = Bounds { history_max: 100, offline_max: 100, offline_ttl_ms: 1 << 40, dedupe_ttl_ms: 600_000 };
+    let store = Arc::new(Gated {
+        inner: MemoryStore::new(b),
+        gate: tokio::sync::watch::channel(true).0,
+        fail: Default::default(),
+    });
+    (Hub::new(store.clone(), Arc::new(Metrics::default()), 16), store)
+}
+
+/// The next id block is reserved by a flush of its own: no publish waits for the disk, and
+/// none gives an id that is not durably reserved yet.
+#[tokio::test]
+async fn publishes_never_wait_for_an_id_reservation() {
+    let (hub, store) = gated();
+    let who = Who { uid: "u1", name: "U1" };
+    let c = hub.register(Arc::new(Outbox::new(1 << 20, 1 << 30)));
+    hub.join(&c, &who, "r", None).await.unwrap();
+    // The disk stalls: the first block (65,536 ids) is already durable.
+    store.gate.send_replace(false);
+    for _ in 0..super::ID_BLOCK {
+        hub.publish(&c, &who, "r", "x", None).unwrap();
+    }
+    assert_eq!(store.last_id("r").unwrap(), 2 * super::ID_BLOCK, "the next block is written, not yet flushed");
+    let refused = hub.publish(&c, &who, "r", "one too many", None);
+    assert!(matches!(refused, Err(super::HubError::Unavailable(_))), "{refused:?}");
+    // The flush comes through: publishing goes on.
+    store.gate.send_replace(true);
+    tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while hub.publish(&c, &who, "r", "after", None).is_err() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the reservation completes");
+    assert_eq!(store.inner.history_after("r", super::ID_BLOCK).unwrap()[0].id, super::ID_BLOCK + 1);
+}
+
+/// A store that cannot take the write: the publish is refused as unavailable and nothing is
+/// fanned out; the id is not used.
+#[tokio::test]
+async fn a_failed_store_write_publishes_nothing() {
+    let (hub, store) = gated();
+    let who = Who { uid: "u1", name: "U1" };
+    let out = Arc::new(Outbox::new(100, 1 << 20));
+    let c = hub.register(out.clone());
+    hub.join(&c, &who, "r", None).await.unwrap();
+    store.fail.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(matches!(hub.publish(&c, &who, "r", "lost", Some("c1")), Err(super::HubError::Unavailable(_))));
+    store.fail.store(false, std::sync::atomic::Ordering::Relaxed);
+    hub.publish(&c, &who, "r", "kept", None).unwrap();
+    let ev = events(&out).await;
+    assert_eq!(ev.len(), 2, "the login and the second message only: {ev:?}");
+    assert_eq!((ev[1]["id"].as_u64(), ev[1]["message"].as_str()), (Some(1), Some("kept")));
+}
+
+/// A member whose only connection is closing gets what is published meanwhile queued.
+#[tokio::test]
+async fn a_closing_connection_counts_as_offline() {
+    let (hub, store) = hub();
+    let (alice, bob) = (Who { uid: "a", name: "A" }, Who { uid: "b", name: "B" });
+    let ca = hub.register(Arc::new(Outbox::new(100, 1 << 20)));
+    hub.join(&ca, &alice, "r", None).await.unwrap();
+    // Bob's outbox holds two frames: his login and one message; the next overflows (1013).
+    let cb = hub.register(Arc::new(Outbox::new(2, 1 << 20)));
+    hub.join(&cb, &bob, "r", None).await.unwrap();
+    for text in ["fits", "overflows", "while closing"] {
+        hub.publish(&ca, &alice, "r", text, None).unwrap();
+    }
+    assert!(cb.outbox.is_closing());
+    let queued: Vec<u64> = store.queued("b", "r", crate::now_ms()).unwrap().iter().map(|q| q.id).collect();
+    assert_eq!(queued, vec![2, 3], "the overflowing message and the one after it");
+}

@@ -4,6 +4,7 @@
 pub mod keys;
 pub mod memory;
 mod migrate;
+mod sled_engine;
 pub mod sled_store;
 #[cfg(test)]
 mod suite;

@@ -14,6 +14,7 @@ use anyhow::Context;
 use bytes::Bytes;
 
 use super::keys::{self, Key};
+use super::sled_engine::Engine;
 use super::values as val;
 use super::{Append, Bounds, FlushFuture, Queued, Result, Store, Stored};
 
@@ -23,7 +24,7 @@ pub struct SledStore {
 }
 
 pub struct Inner {
-    db: sled::Db,
+    engine: Engine,
     bounds: Bounds,
     /// Serialises every read-modify-write (queues, membership, dedupe sweep), and holds the
     /// queue bookkeeping that makes a queue push a point operation instead of a scan, and the
@@ -68,6 +69,8 @@ struct Writer {
 #[derive(Default)]
 struct Pending(HashMap<Vec<u8>, Option<Vec<u8>>>);
 
+/// How often a store whose disk failed checks whether it can be reopened.
+const RECOVER_EVERY: Duration = Duration::from_secs(1);
 /// How long appends collect before they are applied together (a flush or a scan applies at once).
 const APPLY_EVERY: Duration = Duration::from_millis(2);
 /// An overlay this large is applied at once, whatever the time.
@@ -99,19 +102,17 @@ const HISTORY_SWEEP_EVERY: u64 = 256;
 
 impl SledStore {
     pub fn open(dir: &Path, bounds: Bounds) -> Result<Self> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(64 << 20)
-            .open()
-            .with_context(|| format!("--data: cannot open the store in {}", dir.display()))?;
+        let engine = Engine::open(dir)?;
+        let db = engine.db()?;
         let moved = super::migrate::migrate(&db)
             .with_context(|| format!("--data: cannot upgrade the store in {}", dir.display()))?;
         if moved > 0 {
             db.flush().with_context(|| format!("--data: cannot write the store in {}", dir.display()))?;
             tracing::info!("store: {moved} entries upgraded to the current layout");
         }
+        drop(db);
         let signal = Arc::new(Signal::default());
-        let inner = Arc::new(Inner { db, bounds, writer: Mutex::default(), signal: signal.clone() });
+        let inner = Arc::new(Inner { engine, bounds, writer: Mutex::default(), signal: signal.clone() });
         let weak = Arc::downgrade(&inner);
         let applier = std::thread::Builder::new()
             .name("natter-store".into())
@@ -121,8 +122,13 @@ impl SledStore {
     }
 
     /// The raw tree, for `natter keys`/`get`.
-    pub fn tree(&self) -> &sled::Db {
-        &self.db
+    pub fn tree(&self) -> Result<sled::Db> {
+        self.engine.db()
+    }
+
+    /// The disk failed (full, ...) and writes are refused until the store is reopened.
+    pub fn is_broken(&self) -> bool {
+        self.engine.is_broken()
     }
 }
 
@@ -154,10 +160,20 @@ fn applier(store: Weak<Inner>, signal: Arc<Signal>) {
         }
         std::thread::sleep(APPLY_EVERY);
         let Some(inner) = store.upgrade() else { return };
+        if inner.engine.is_broken() && !inner.recover() {
+            // Until the disk has room again: one look a second, no log line each time.
+            drop(inner);
+            std::thread::sleep(RECOVER_EVERY);
+            signal.ring(false);
+            continue;
+        }
         let failed = inner.settled().err();
+        let broken = inner.engine.is_broken();
         drop(inner);
         if let Some(e) = failed {
-            tracing::error!("store: applying writes failed (kept for the next try): {e:#}");
+            if !broken {
+                tracing::error!("store: applying writes failed (kept for the next try): {e:#}");
+            }
             std::thread::sleep(Duration::from_millis(100));
             signal.ring(false);
         }
@@ -167,6 +183,21 @@ fn applier(store: Weak<Inner>, signal: Arc<Signal>) {
 impl Inner {
     fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
         self.writer.locked()
+    }
+
+    /// Reopens a broken engine (no write runs meanwhile). The overlay, whole publishes sled
+    /// never took, is applied to the reopened store; the queue bookkeeping is read again from
+    /// disk, since writes sled took but never flushed are gone with the old handle.
+    fn recover(&self) -> bool {
+        let mut w = self.lock();
+        if !self.engine.try_reopen() {
+            return false;
+        }
+        w.queues.0.clear();
+        if let Err(e) = self.apply(&mut w) {
+            tracing::error!("store: applying writes after the reopen failed (kept): {e:#}");
+        }
+        true
     }
 
     /// Apply the overlay now (one atomic batch). On error it is kept, and the error returned.
@@ -181,7 +212,7 @@ impl Inner {
                 None => b.remove(k.as_slice()),
             }
         }
-        self.db.apply_batch(b)?;
+        self.engine.write(|db| db.apply_batch(b))?;
         w.pending.0.clear();
         Ok(())
     }
@@ -196,7 +227,7 @@ impl Inner {
     fn get(&self, layers: &[&Pending], k: &[u8]) -> Result<Option<Vec<u8>>> {
         match layers.iter().find_map(|p| p.0.get(k)) {
             Some(v) => Ok(v.clone()),
-            None => Ok(self.db.get(k)?.map(|v| v.to_vec())),
+            None => Ok(self.engine.db()?.get(k)?.map(|v| v.to_vec())),
         }
     }
 
@@ -209,7 +240,7 @@ impl Inner {
     fn queue_state<'q>(&self, queues: &'q mut Queues, uid: &str) -> Result<&'q mut QueueState> {
         if !queues.0.contains_key(uid) {
             let mut st = QueueState { head: 0, next: 0, len: 0, head_ts: None };
-            for item in self.db.scan_prefix(keys::queue_prefix(uid)) {
+            for item in self.engine.db()?.scan_prefix(keys::queue_prefix(uid)) {
                 if let Some(Key::Queue { n, .. }) = Key::decode(&item?.0) {
                     if st.len == 0 {
                         st.head = n;
@@ -265,6 +296,15 @@ impl Inner {
         Ok(())
     }
 
+    /// Writes that only stage into the overlay are refused too while the disk is failing: a
+    /// publish must not be fanned out when it cannot be stored.
+    fn refuse_if_broken(&self) -> Result<()> {
+        if self.engine.is_broken() {
+            anyhow::bail!("the store cannot take writes: the disk is full or failing");
+        }
+        Ok(())
+    }
+
     /// Stages one queue entry per offline uid of `a`; returns the bookkeeping to keep once the
     /// staged writes are merged.
     fn stage_queues<'a>(
@@ -310,7 +350,7 @@ impl Inner {
         self.queue_state(queues, uid)?;
         let mut b = sled::Batch::default();
         let mut removed = 0;
-        for item in self.db.scan_prefix(keys::queue_prefix(uid)) {
+        for item in self.engine.db()?.scan_prefix(keys::queue_prefix(uid)) {
             let (k, v) = item?;
             if let Some(Key::Queue { n, .. }) = Key::decode(&k) {
                 if drop_it(n, &v) {
@@ -322,7 +362,7 @@ impl Inner {
         if removed == 0 {
             return Ok(());
         }
-        self.db.apply_batch(b)?;
+        self.engine.write(|db| db.apply_batch(b))?;
         // The entry stays even when the queue is empty: `next` must never go back, or an entry
         // number held by a concurrent `queued` -> `dequeue` could name a newer entry.
         let q = self.queue_state(queues, uid)?;
@@ -336,28 +376,28 @@ impl Store for SledStore {
     fn add_member(&self, room: &str, uid: &str) -> Result<bool> {
         let _w = self.settled()?;
         let k = Key::Member { room: room.into(), uid: uid.into() }.encode();
-        let new = self.db.get(&k)?.is_none();
+        let new = self.engine.db()?.get(&k)?.is_none();
         let mut b = sled::Batch::default();
         b.insert(k, &[]);
         b.insert(Key::UserRoom { uid: uid.into(), room: room.into() }.encode(), &[]);
-        self.db.apply_batch(b)?;
+        self.engine.write(|db| db.apply_batch(b))?;
         Ok(new)
     }
 
     fn remove_member(&self, room: &str, uid: &str) -> Result<bool> {
         let _w = self.settled()?;
         let k = Key::Member { room: room.into(), uid: uid.into() }.encode();
-        let existed = self.db.get(&k)?.is_some();
+        let existed = self.engine.db()?.get(&k)?.is_some();
         let mut b = sled::Batch::default();
         b.remove(k);
         b.remove(Key::UserRoom { uid: uid.into(), room: room.into() }.encode());
-        self.db.apply_batch(b)?;
+        self.engine.write(|db| db.apply_batch(b))?;
         Ok(existed)
     }
 
     fn members(&self, room: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        for item in self.db.scan_prefix(keys::members_prefix(room)) {
+        for item in self.engine.db()?.scan_prefix(keys::members_prefix(room)) {
             let (k, _) = item?;
             if let Some(Key::Member { uid, .. }) = Key::decode(&k) {
                 out.push(uid);
@@ -369,16 +409,16 @@ impl Store for SledStore {
     fn set_online(&self, room: &str, uid: &str, conns: u32) -> Result<()> {
         let k = Key::Online { room: room.into(), uid: uid.into() }.encode();
         if conns == 0 {
-            self.db.remove(k)?;
+            self.engine.write(|db| db.remove(k))?;
         } else {
-            self.db.insert(k, &conns.to_be_bytes())?;
+            self.engine.write(|db| db.insert(k, &conns.to_be_bytes()))?;
         }
         Ok(())
     }
 
     fn online(&self, room: &str) -> Result<Vec<(String, u32)>> {
         let mut out = Vec::new();
-        for item in self.db.scan_prefix(keys::online_prefix(room)) {
+        for item in self.engine.db()?.scan_prefix(keys::online_prefix(room)) {
             let (k, v) = item?;
             if let Some(Key::Online { uid, .. }) = Key::decode(&k) {
                 out.push((uid, v.as_ref().try_into().map(u32::from_be_bytes).unwrap_or(0)));
@@ -390,10 +430,10 @@ impl Store for SledStore {
     fn clear_presence(&self) -> Result<()> {
         let _w = self.settled()?;
         let mut b = sled::Batch::default();
-        for item in self.db.scan_prefix(keys::online_all()) {
+        for item in self.engine.db()?.scan_prefix(keys::online_all()) {
             b.remove(item?.0);
         }
-        self.db.apply_batch(b)?;
+        self.engine.write(|db| db.apply_batch(b))?;
         Ok(())
     }
 
@@ -408,20 +448,22 @@ impl Store for SledStore {
     fn reserve_ids(&self, room: &str, upto: u64) -> Result<()> {
         let _w = self.lock();
         let k = Key::SeqReserved { room: room.into() }.encode();
-        let current = self.db.get(&k)?.map(|v| val::u64_at(&v, 0)).unwrap_or(0);
+        let current = self.engine.db()?.get(&k)?.map(|v| val::u64_at(&v, 0)).unwrap_or(0);
         if upto > current {
-            self.db.insert(k, &upto.to_be_bytes())?;
+            self.engine.write(|db| db.insert(k, &upto.to_be_bytes()))?;
         }
         Ok(())
     }
 
     fn release_ids(&self, room: &str, last_id: u64) -> Result<()> {
         let _w = self.lock();
-        self.db.insert(Key::SeqReserved { room: room.into() }.encode(), &last_id.to_be_bytes())?;
+        let k = Key::SeqReserved { room: room.into() }.encode();
+        self.engine.write(|db| db.insert(k, &last_id.to_be_bytes()))?;
         Ok(())
     }
 
     fn append(&self, a: &Append) -> Result<u64> {
+        self.refuse_if_broken()?;
         let mut guard = self.lock();
         let w = &mut *guard;
         // Staged first, merged into the overlay only when the whole publish is ready: a read
@@ -438,7 +480,7 @@ impl Store for SledStore {
             staged.0.insert(keys::history_key(a.room, pos - max), None);
             if pos.is_multiple_of(HISTORY_SWEEP_EVERY) {
                 let from = keys::history_key(a.room, 0);
-                for item in self.db.range(from..keys::history_key(a.room, pos - max + 1)) {
+                for item in self.engine.db()?.range(from..keys::history_key(a.room, pos - max + 1)) {
                     staged.0.insert(item?.0.to_vec(), None);
                 }
             }
@@ -455,6 +497,7 @@ impl Store for SledStore {
     }
 
     fn enqueue(&self, a: &Append, prev: u64) -> Result<()> {
+        self.refuse_if_broken()?;
         let mut guard = self.lock();
         let w = &mut *guard;
         let mut staged = Pending::default();
@@ -466,7 +509,7 @@ impl Store for SledStore {
         drop(self.settled()?);
         // Newest first, so a short replay reads only what it returns.
         let mut out = Vec::new();
-        for item in self.db.scan_prefix(keys::history_prefix(room)).rev() {
+        for item in self.engine.db()?.scan_prefix(keys::history_prefix(room)).rev() {
             let (_, v) = item?;
             let Some((id, prev, json)) = val::parse_stored(&v) else { continue };
             if id <= after || out.len() >= self.bounds.history_max {
@@ -481,7 +524,7 @@ impl Store for SledStore {
     fn queued(&self, uid: &str, room: &str, now_ms: u64) -> Result<Vec<Queued>> {
         drop(self.settled()?);
         let mut out = Vec::new();
-        for item in self.db.scan_prefix(keys::queue_prefix(uid)) {
+        for item in self.engine.db()?.scan_prefix(keys::queue_prefix(uid)) {
             let (k, v) = item?;
             let (Some(Key::Queue { n, .. }), Some(e)) = (Key::decode(&k), val::parse_entry(&v)) else { continue };
             if e.room == room && e.ts + self.bounds.offline_ttl_ms > now_ms {
@@ -515,18 +558,18 @@ impl Store for SledStore {
             // Under the writer lock: a record written by a concurrent append is never swept.
             let _w = self.settled()?;
             let mut b = sled::Batch::default();
-            for item in self.db.scan_prefix(keys::dedupe_all()) {
+            for item in self.engine.db()?.scan_prefix(keys::dedupe_all()) {
                 let (k, v) = item?;
                 if val::parse_dedupe(&v).map(|(ts, ..)| ts + self.bounds.dedupe_ttl_ms <= now_ms).unwrap_or(true) {
                     b.remove(k);
                 }
             }
-            self.db.apply_batch(b)?;
+            self.engine.write(|db| db.apply_batch(b))?;
         }
         // Queues: one seek per uid, skipping to the next uid at its first live entry.
         let mut from = keys::queue_all();
         loop {
-            let Some(item) = self.db.range(from.clone()..).next() else { break };
+            let Some(item) = self.engine.db()?.range(from.clone()..).next() else { break };
             let (k, v) = item?;
             let Some(Key::Queue { uid, .. }) = Key::decode(&k) else { break };
             if self.expired(&v, now_ms) {
@@ -542,10 +585,16 @@ impl Store for SledStore {
     fn flush(&self) -> FlushFuture {
         // Everything appended before this call goes into the flush.
         let applied = self.settled().map(drop);
-        let db = self.db.clone();
+        let inner = self.inner.clone();
         Box::pin(async move {
             applied?;
-            db.flush_async().await?;
+            if inner.engine.is_broken() {
+                anyhow::bail!("the store cannot flush: the disk is full or failing");
+            }
+            let db = inner.engine.db()?;
+            let flushed = db.flush_async().await;
+            drop(db);
+            inner.engine.check(flushed)?;
             Ok(())
         })
     }
