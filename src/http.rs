@@ -257,8 +257,9 @@ fn percent_decode(s: &str) -> Option<String> {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                // Two hex digits: `from_str_radix` alone would also take a sign (`%+1`).
+                let hex = b.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit))?;
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
                 i += 2;
             }
             c => out.push(c),
@@ -277,6 +278,10 @@ mod tests {
         assert_eq!(query_param(Some("a=1&token=x%2Ey+z"), "token").as_deref(), Some("x.y z"));
         assert_eq!(query_param(Some("a=1"), "token"), None);
         assert_eq!(query_param(Some("token=%zz"), "token"), None);
+        // Found by the `upgrade` fuzz target: `%+c` was decoded as 0x0c.
+        assert_eq!(query_param(Some("token=a%+cb"), "token"), None);
+        assert_eq!(query_param(Some("%+4token=x&token=y"), "token").as_deref(), Some("y"));
+        assert_eq!(query_param(Some("token=%2B%2b"), "token").as_deref(), Some("++"));
     }
 
     #[test]
