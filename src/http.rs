@@ -103,24 +103,82 @@ fn dev_token(app: &App, query: Option<&str>) -> Resp {
 }
 
 fn upgrade(app: &App, req: &mut Request<Incoming>) -> Resp {
+    let up = match check_upgrade(req, &app.allowed_origins, app.tls) {
+        Ok(up) => up,
+        Err(reject) => return reject.response(),
+    };
+    let (mut resp, fut) = match fastwebsockets::upgrade::upgrade(&mut *req) {
+        Ok(x) => x,
+        Err(_) => return text(StatusCode::BAD_REQUEST, "bad WebSocket upgrade\n"),
+    };
+    if up.v1 {
+        resp.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static(SUBPROTOCOL));
+    }
+    let env = app.env.clone();
+    let shutdown = app.shutdown.clone();
+    app.sessions.spawn(async move {
+        match fut.await {
+            Ok(ws) => session::run(ws.into_inner(), env, up, shutdown).await,
+            Err(e) => tracing::debug!("upgrade failed: {e}"),
+        }
+    });
+    let (parts, _) = resp.into_parts();
+    Response::from_parts(parts, Full::new(Bytes::new()))
+}
+
+/// Why an upgrade request is refused; each is answered with its own status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reject {
+    /// Not a GET with `Upgrade: websocket` and `Connection: upgrade`: 400.
+    NotUpgrade,
+    /// A `Sec-WebSocket-Version` other than 13: 426, with `Sec-WebSocket-Version: 13`.
+    Version,
+    /// No or a malformed `Sec-WebSocket-Key`: 400.
+    BadKey,
+    /// An `Origin` that is neither the request's own host nor on the allow-list: 403.
+    Origin,
+}
+
+impl Reject {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Reject::NotUpgrade | Reject::BadKey => StatusCode::BAD_REQUEST,
+            Reject::Version => StatusCode::UPGRADE_REQUIRED,
+            Reject::Origin => StatusCode::FORBIDDEN,
+        }
+    }
+
+    fn response(self) -> Resp {
+        let body = match self {
+            Reject::NotUpgrade => "bad WebSocket upgrade: GET with Upgrade: websocket and Connection: upgrade\n",
+            Reject::Version => "unsupported Sec-WebSocket-Version: use 13\n",
+            Reject::BadKey => "bad WebSocket upgrade: missing or malformed Sec-WebSocket-Key\n",
+            Reject::Origin => "origin not allowed\n",
+        };
+        let mut r = text(self.status(), body);
+        if self == Reject::Version {
+            r.headers_mut().insert("sec-websocket-version", HeaderValue::from_static("13"));
+        }
+        r
+    }
+}
+
+/// The upgrade decision, without I/O: the checks in PROTOCOL.md's order (well-formed upgrade,
+/// version, key, Origin), then what the session needs from the request (token, subprotocol).
+pub(crate) fn check_upgrade<B>(req: &Request<B>, allowed_origins: &[String], tls: bool) -> Result<Upgrade, Reject> {
     let h = req.headers();
     if req.method() != Method::GET || !fastwebsockets::upgrade::is_upgrade_request(req) {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "bad WebSocket upgrade: GET with Upgrade: websocket and Connection: upgrade\n",
-        );
+        return Err(Reject::NotUpgrade);
     }
     if h.get("sec-websocket-version").map(|v| v.as_bytes()) != Some(b"13") {
-        let mut r = text(StatusCode::UPGRADE_REQUIRED, "unsupported Sec-WebSocket-Version: use 13\n");
-        r.headers_mut().insert("sec-websocket-version", HeaderValue::from_static("13"));
-        return r;
+        return Err(Reject::Version);
     }
     if !valid_key(h.get("sec-websocket-key")) {
-        return text(StatusCode::BAD_REQUEST, "bad WebSocket upgrade: missing or malformed Sec-WebSocket-Key\n");
+        return Err(Reject::BadKey);
     }
     if let Some(origin) = h.get(hyper::header::ORIGIN) {
-        if !origin_allowed(origin.as_bytes(), h, app) {
-            return text(StatusCode::FORBIDDEN, "origin not allowed\n");
+        if !origin_allowed(origin.as_bytes(), h, allowed_origins, tls) {
+            return Err(Reject::Origin);
         }
     }
     let token = bearer(h).or_else(|| query_param(req.uri().query(), "token"));
@@ -130,23 +188,7 @@ fn upgrade(app: &App, req: &mut Request<Incoming>) -> Resp {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|p| p.trim() == SUBPROTOCOL);
-    let (mut resp, fut) = match fastwebsockets::upgrade::upgrade(&mut *req) {
-        Ok(x) => x,
-        Err(_) => return text(StatusCode::BAD_REQUEST, "bad WebSocket upgrade\n"),
-    };
-    if v1 {
-        resp.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static(SUBPROTOCOL));
-    }
-    let env = app.env.clone();
-    let shutdown = app.shutdown.clone();
-    app.sessions.spawn(async move {
-        match fut.await {
-            Ok(ws) => session::run(ws.into_inner(), env, Upgrade { token, v1 }, shutdown).await,
-            Err(e) => tracing::debug!("upgrade failed: {e}"),
-        }
-    });
-    let (parts, _) = resp.into_parts();
-    Response::from_parts(parts, Full::new(Bytes::new()))
+    Ok(Upgrade { token, v1 })
 }
 
 /// A Sec-WebSocket-Key is the base64 of 16 bytes: 24 characters ending in `==`.
@@ -163,12 +205,12 @@ fn bearer(h: &HeaderMap) -> Option<String> {
 }
 
 /// Same host (and port) as the request, or on the allow-list; `null` never.
-fn origin_allowed(origin: &[u8], h: &HeaderMap, app: &App) -> bool {
+fn origin_allowed(origin: &[u8], h: &HeaderMap, allowed_origins: &[String], tls: bool) -> bool {
     let Ok(origin) = std::str::from_utf8(origin) else {
         return false;
     };
     let origin = origin.trim().to_ascii_lowercase();
-    if app.allowed_origins.contains(&origin) {
+    if allowed_origins.contains(&origin) {
         return true;
     }
     let Some((scheme, hostport)) = origin.split_once("://") else {
@@ -182,7 +224,7 @@ fn origin_allowed(origin: &[u8], h: &HeaderMap, app: &App) -> bool {
     let Some(host) = h.get(hyper::header::HOST).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let ours = if app.tls { "443" } else { "80" };
+    let ours = if tls { "443" } else { "80" };
     normalize(hostport, default_port) == normalize(&host.to_ascii_lowercase(), ours)
 }
 
@@ -215,8 +257,9 @@ fn percent_decode(s: &str) -> Option<String> {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                // Two hex digits: `from_str_radix` alone would also take a sign (`%+1`).
+                let hex = b.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit))?;
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
                 i += 2;
             }
             c => out.push(c),
@@ -235,6 +278,10 @@ mod tests {
         assert_eq!(query_param(Some("a=1&token=x%2Ey+z"), "token").as_deref(), Some("x.y z"));
         assert_eq!(query_param(Some("a=1"), "token"), None);
         assert_eq!(query_param(Some("token=%zz"), "token"), None);
+        // Found by the `upgrade` fuzz target: `%+c` was decoded as 0x0c.
+        assert_eq!(query_param(Some("token=a%+cb"), "token"), None);
+        assert_eq!(query_param(Some("%+4token=x&token=y"), "token").as_deref(), Some("y"));
+        assert_eq!(query_param(Some("token=%2B%2b"), "token").as_deref(), Some("++"));
     }
 
     #[test]
@@ -242,6 +289,57 @@ mod tests {
         assert!(valid_key(Some(&HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="))));
         assert!(!valid_key(Some(&HeaderValue::from_static("short"))));
         assert!(!valid_key(None));
+    }
+
+    fn ws_request(extra: &[(&str, &str)], uri: &str) -> Request<()> {
+        let mut b = Request::get(uri)
+            .header("host", "chat.example.com")
+            .header("upgrade", "websocket")
+            .header("connection", "keep-alive, Upgrade")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        for (k, v) in extra {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn upgrade_checks_decide_in_order() {
+        let allowed = vec!["https://app.example.net".to_string()];
+        let check = |extra: &[(&str, &str)], uri: &str| check_upgrade(&ws_request(extra, uri), &allowed, true);
+        let up =
+            check(&[("authorization", "Bearer  a.b.c "), ("sec-websocket-protocol", "x, natter.v1")], "/ws?token=q")
+                .unwrap();
+        assert_eq!((up.token.as_deref(), up.v1), (Some("a.b.c"), true));
+        let up = check(&[("origin", "https://CHAT.example.com:443")], "/?token=x%2Ey").unwrap();
+        assert_eq!((up.token.as_deref(), up.v1), (Some("x.y"), false));
+        assert!(check(&[("origin", "https://app.example.net")], "/").is_ok());
+        assert_eq!(check(&[("origin", "null")], "/").err(), Some(Reject::Origin));
+        assert_eq!(check(&[("origin", "https://evil.example")], "/").err(), Some(Reject::Origin));
+        // Plain http origin against a TLS listener: another port.
+        assert_eq!(check(&[("origin", "http://chat.example.com")], "/").err(), Some(Reject::Origin));
+        let mut req = ws_request(&[], "/");
+        req.headers_mut().insert("sec-websocket-version", HeaderValue::from_static("8"));
+        req.headers_mut().insert("sec-websocket-key", HeaderValue::from_static("short"));
+        assert_eq!(check_upgrade(&req, &allowed, true).err(), Some(Reject::Version));
+        req.headers_mut().insert("sec-websocket-version", HeaderValue::from_static("13"));
+        assert_eq!(check_upgrade(&req, &allowed, true).err(), Some(Reject::BadKey));
+        req.headers_mut().remove("upgrade");
+        assert_eq!(check_upgrade(&req, &allowed, true).err(), Some(Reject::NotUpgrade));
+        let mut post = ws_request(&[], "/");
+        *post.method_mut() = Method::POST;
+        assert_eq!(check_upgrade(&post, &allowed, true).err(), Some(Reject::NotUpgrade));
+    }
+
+    #[test]
+    fn rejections_answer_their_status() {
+        assert_eq!(Reject::NotUpgrade.response().status(), StatusCode::BAD_REQUEST);
+        assert_eq!(Reject::BadKey.response().status(), StatusCode::BAD_REQUEST);
+        assert_eq!(Reject::Origin.response().status(), StatusCode::FORBIDDEN);
+        let r = Reject::Version.response();
+        assert_eq!(r.status(), StatusCode::UPGRADE_REQUIRED);
+        assert_eq!(r.headers()["sec-websocket-version"], "13");
     }
 
     #[test]

@@ -24,6 +24,19 @@ pub(crate) mod sync;
 pub mod tls;
 pub mod wire;
 
+/// What the cargo-fuzz targets in `fuzz/` reach that is otherwise crate-private.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::http::Reject;
+    pub use crate::session::Upgrade;
+
+    /// The WebSocket upgrade decision of `http.rs` (no I/O).
+    pub fn check_upgrade<B>(req: &hyper::Request<B>, allowed_origins: &[String], tls: bool) -> Result<Upgrade, Reject> {
+        crate::http::check_upgrade(req, allowed_origins, tls)
+    }
+}
+
 /// Milliseconds since the Unix epoch: the `ts` of every event and the clock of TTLs.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)

@@ -1,0 +1,20 @@
+//! store_keys: `store::keys::Key::decode` on arbitrary bytes never panics, and a key it returns
+//! round-trips (`decode(encode(k)) == k`, and `encode(k)` is the input or a prefix of it: decode
+//! reads nothing that encode would not write). `sled_store::parse_entry` on arbitrary bytes
+//! never panics. Only these three are named, so the target survives changes to the value layouts.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use natter::store::keys::Key;
+use natter::store::sled_store::parse_entry;
+
+fuzz_target!(|data: &[u8]| {
+    if let Some(k) = Key::decode(data) {
+        let enc = k.encode();
+        assert_eq!(Key::decode(&enc).as_ref(), Some(&k), "{k:?} does not round-trip");
+        assert!(data.starts_with(&enc), "{k:?} encodes as {enc:02x?}, not a prefix of the input");
+        // The logical name never panics either.
+        std::hint::black_box(k.logical());
+    }
+    std::hint::black_box(parse_entry(data).is_some());
+});
