@@ -35,7 +35,7 @@ fn out(r: Result<Input, ReadError>) -> Out {
         Ok(Input::Text(t)) => Out::Text(t),
         Ok(Input::Binary) => Out::Binary,
         Ok(Input::Ping(p)) => Out::Ping(p),
-        Ok(Input::Pong) => Out::Pong,
+        Ok(Input::Pong(_)) => Out::Pong,
         Ok(Input::Close(c)) => Out::Close(c),
         Err(ReadError::Violation(code, _)) => Out::Violation(code),
         Err(ReadError::Gone) => Out::Gone,

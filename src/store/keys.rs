@@ -139,7 +139,8 @@ impl Key {
             DEDUPE => Key::Dedupe { uid: s()?, cid: s()? },
             _ => return None,
         };
-        Some(key)
+        // Only the exact encoding of a key is that key (no trailing bytes): one key, one form.
+        (key.encode() == raw).then_some(key)
     }
 
     /// The logical (Redis) key this element belongs to, as PROTOCOL.md names it.
@@ -167,6 +168,13 @@ mod tests {
         assert!(!b.starts_with(&a));
         let a = members_prefix("r1");
         assert!(!Key::Member { room: "r10".into(), uid: "x".into() }.encode().starts_with(&a));
+    }
+
+    #[test]
+    fn trailing_bytes_are_no_key() {
+        let mut k = Key::Seq { room: "r".into() }.encode();
+        k.push(0);
+        assert_eq!(Key::decode(&k), None);
     }
 
     #[test]

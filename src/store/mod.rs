@@ -4,6 +4,8 @@
 pub mod keys;
 pub mod memory;
 mod migrate;
+#[cfg(test)]
+mod model;
 mod sled_engine;
 pub mod sled_store;
 #[cfg(test)]

@@ -1,0 +1,117 @@
+//! The soak run: minutes of mixed traffic (chat in several rooms, joins and leaves, reconnects,
+//! members going offline and coming back with `since`) against one server, sampling its RSS and
+//! open files, which must stay flat after the warm-up. Not part of `cargo test` (ignored):
+//!
+//! ```sh
+//! NATTER_SOAK_SECS=600 cargo test --release --test soak -- --ignored --nocapture
+//! ```
+//!
+//! prints one line per sample and a summary (the figures in docs/RELIABILITY.md).
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const ROOMS: usize = 8;
+const CHATTERS: usize = 40;
+
+/// (RSS in KiB, open files) of `pid`.
+fn sample(pid: u32) -> (u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+    (rss, fds)
+}
+
+/// One simulated user for `until`: chats, changes rooms, drops and reconnects with `since`.
+async fn user(s: &Server, i: usize, until: Instant) -> (u64, u64) {
+    let uid = format!("soak{i}");
+    let (mut sent, mut received) = (0u64, 0u64);
+    let mut last_id = std::collections::HashMap::<String, u64>::new();
+    let mut seq = 0u64;
+    while Instant::now() < until {
+        let mut c = Client::connect_as(s, &uid, None).await;
+        let room = format!("room{}", (i + seq as usize) % ROOMS);
+        let since = last_id.get(&room).copied().unwrap_or(0);
+        c.send_json(&json!({"event":"login","roomid":room,"since":since})).await;
+        // A session: a few dozen messages at a human-ish pace, reading everything.
+        let session_end = Instant::now() + Duration::from_millis(2_000 + (i as u64 * 137) % 3_000);
+        while Instant::now() < session_end && Instant::now() < until {
+            seq += 1;
+            c.send_json(&json!({"event":"message","roomid":room,"message":format!("m{seq} from {uid}"),"cid":format!("{uid}-{seq}")})).await;
+            sent += 1;
+            while let Some(v) = c.try_recv_json(Duration::from_millis(50)).await {
+                if v["event"] == "message" {
+                    received += 1;
+                    if let (Some(r), Some(id)) = (v["roomid"].as_str(), v["id"].as_u64()) {
+                        let e = last_id.entry(r.to_string()).or_insert(0);
+                        *e = (*e).max(id);
+                    }
+                }
+            }
+        }
+        match seq % 3 {
+            // Leaves the room for good (membership ends), then disconnects.
+            0 => {
+                c.send_json(&json!({"event":"leave","roomid":room})).await;
+                c.close().await;
+            }
+            // Drops without a word: stays a member, gets messages queued while away.
+            1 => drop(c),
+            _ => c.close().await,
+        }
+        tokio::time::sleep(Duration::from_millis(200 + (i as u64 * 31) % 500)).await;
+    }
+    (sent, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "minutes long: run by hand (see the file's header)"]
+async fn soak() {
+    let secs: u64 = std::env::var("NATTER_SOAK_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    let s = Server::start(ServerOpts::new().arg("--heartbeat", 5)).await;
+    let pid = s.pid();
+    let until = Instant::now() + Duration::from_secs(secs);
+    let server = std::sync::Arc::new(s);
+    let users: Vec<_> = (0..CHATTERS)
+        .map(|i| {
+            let s = server.clone();
+            tokio::spawn(async move { user(&s, i, until).await })
+        })
+        .collect();
+    let start = Instant::now();
+    let mut samples = Vec::new();
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_secs(10).min(until.saturating_duration_since(Instant::now()))).await;
+        let (rss, fds) = sample(pid);
+        println!("t={:>4}s rss={:>7} KiB open_files={fds}", start.elapsed().as_secs(), rss);
+        samples.push((rss, fds));
+    }
+    let (mut sent, mut received) = (0, 0);
+    for u in users {
+        let (s, r) = u.await.unwrap();
+        sent += s;
+        received += r;
+    }
+    // Warm-up: the first fifth of the run.
+    let warm = &samples[samples.len() / 5..];
+    let (first, last) = (warm.first().unwrap(), warm.last().unwrap());
+    let max_rss = warm.iter().map(|s| s.0).max().unwrap();
+    let max_fds = warm.iter().map(|s| s.1).max().unwrap();
+    println!(
+        "soak: {secs} s, {CHATTERS} users in {ROOMS} rooms, {sent} messages sent, {received} received; \
+         after warm-up RSS {} -> {} KiB (max {max_rss}), open files {} -> {} (max {max_fds})",
+        first.0, last.0, first.1, last.1
+    );
+    assert!(sent > 0 && received > 0);
+    // Flat: no more than 25% growth of RSS after the warm-up, open files bounded by the users.
+    assert!(last.0 <= first.0 + first.0 / 4, "RSS grew from {} to {} KiB", first.0, last.0);
+    assert!(max_fds < 64 + 2 * CHATTERS, "open files reached {max_fds}");
+}
