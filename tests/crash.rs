@@ -24,9 +24,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+/// The rooms of the members and the probes: every message in them has a cid.
 const ROOMS: [&str; 2] = ["r0", "r1"];
-/// uid, rooms it sends to.
-const SENDERS: [(&str, &[&str]); 3] = [("s0", &["r0"]), ("s1", &["r1"]), ("s2", &["r0", "r1"])];
+/// A room of plain chat (no cids, so no acks and no flush per message): messages clients have
+/// seen are often lost by the kill, and their ids must never be given again.
+const CHATTY_ROOM: &str = "r2";
+/// uid, rooms it sends to, with cids.
+const SENDERS: [(&str, &[&str], bool); 4] =
+    [("s0", &["r0"], true), ("s1", &["r1"], true), ("s2", &["r0", "r1"], true), ("s3", &[CHATTY_ROOM], false)];
 /// uid, rooms, logs in with `since`.
 const MEMBERS: [(&str, &[&str], bool); 4] =
     [("q0", &["r0", "r1"], false), ("q1", &["r0"], false), ("p0", &["r0"], true), ("p1", &["r1"], true)];
@@ -118,7 +123,15 @@ async fn crash_oracle() {
     let mut rng = Rng::new(seed);
     let mut senders: Vec<SenderState> = SENDERS
         .iter()
-        .map(|(uid, rooms)| SenderState { uid, rooms, next: 1, outstanding: vec![], acked: vec![], rng: Rng::new(0) })
+        .map(|(uid, rooms, with_cid)| SenderState {
+            uid,
+            rooms,
+            with_cid: *with_cid,
+            next: 1,
+            outstanding: vec![],
+            acked: vec![],
+            rng: Rng::new(0),
+        })
         .collect();
 
     let mut running = true;
@@ -376,7 +389,7 @@ fn count_error(m: &Shared, v: &Value) {
 /// and logouts (a logout that lowers `total` is a `leave`).
 async fn witness_run(port: u16, m: Shared, ready: oneshot::Sender<()>, stop: CancellationToken) {
     let Ok(mut c) = Client::try_connect_port(port, WITNESS).await else { return };
-    for r in ROOMS {
+    for r in ROOMS.iter().chain([&CHATTY_ROOM]) {
         c.try_send_json(&json!({"event":"login","roomid":r})).await;
     }
     c.try_send_json(&json!({"event":"heartbeat","message":"ping"})).await;
@@ -438,6 +451,7 @@ async fn witness_run(port: u16, m: Shared, ready: oneshot::Sender<()>, stop: Can
 struct SenderState {
     uid: &'static str,
     rooms: &'static [&'static str],
+    with_cid: bool,
     next: u64,
     /// Sent, not acked, in sending order.
     outstanding: Vec<String>,
@@ -544,19 +558,29 @@ async fn sender_run(
     let mut next_send = Instant::now() + ms(st.rng.range(10, 150));
     while s.alive && !stop.is_cancelled() {
         let now = Instant::now();
-        if now >= next_send {
+        if now >= next_send && !st.with_cid {
+            let text = format!("{} #{} in {CHATTY_ROOM}, no cid", st.uid, st.next);
+            st.next += 1;
+            lock(&m).stats.plain_sends += 1;
+            s.alive &= s.c.try_send_json(&json!({"event":"message","roomid":CHATTY_ROOM,"message":text})).await;
+            next_send = Instant::now() + ms(st.rng.range(20, 60));
+        } else if now >= next_send {
             let dup = st.rng.chance(0.03) && !st.acked.is_empty();
             if dup {
                 // A cid already acked: must get the same ack, and not be published again.
                 let cid = st.rng.pick(&st.acked).clone();
                 s.resend(&m, &cid).await;
             } else {
-                let room = *st.rng.pick(st.rooms);
-                let cid = format!("{}-{}", st.uid, st.next);
-                let text = format!("{} #{} in {room}", st.uid, st.next);
-                st.next += 1;
-                st.outstanding.push(cid.clone());
-                s.send(&m, &cid, room, &text).await;
+                // Now and then a burst, so that more is in flight when the kill comes.
+                let n = if st.rng.chance(0.05) { st.rng.range(3, 8) } else { 1 };
+                for _ in 0..n {
+                    let room = *st.rng.pick(st.rooms);
+                    let cid = format!("{}-{}", st.uid, st.next);
+                    let text = format!("{} #{} in {room}", st.uid, st.next);
+                    st.next += 1;
+                    st.outstanding.push(cid.clone());
+                    s.send(&m, &cid, room, &text).await;
+                }
             }
             next_send = Instant::now() + ms(st.rng.range(40, 150));
         }
@@ -900,13 +924,14 @@ fn summary(m: &Model, cycles: usize, took: Duration, aborted: bool) -> String {
     let kills: Vec<String> = m.stats.kills.iter().map(|(k, v)| format!("{k}: {v}")).collect();
     let errors: Vec<String> = m.stats.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();
     let mut s = format!(
-        "crash oracle summary: seed {:#x}, {cycles} cycles{} in {:.1} s ({} build)\n  sends {}, cids acked {}, server runs {}\n  kills: {}\n  logins with since: {} (+{} probes); recovered true {}, false {}, field missing {}\n  offline deliveries required: {}\n  error events: {}\n",
+        "crash oracle summary: seed {:#x}, {cycles} cycles{} in {:.1} s ({} build)\n  sends with cid {}, cids acked {}, plain sends {}, server runs {}\n  kills: {}\n  logins with since: {} (+{} probes); recovered true {}, false {}, field missing {}\n  offline deliveries required: {}\n  error events: {}\n",
         m.seed,
         if aborted { " (aborted)" } else { "" },
         took.as_secs_f64(),
         if cfg!(debug_assertions) { "debug" } else { "release" },
         m.stats.sends,
         m.acked_count(),
+        m.stats.plain_sends,
         m.epoch,
         kills.join(", "),
         m.stats.since_logins,
@@ -974,7 +999,7 @@ fn write_report(path: &str, m: &Model, cycles: usize, took: Duration, aborted: b
         format!("{} ({})", m.violations.len(), per.join(", "))
     };
     s.push_str(&format!(
-        "\n## {} — commit {commit}, seed {:#x}\n\n| | |\n| --- | --- |\n| cycles | {cycles}{} ({} server runs with clients) |\n| build | {} |\n| duration | {:.0} s |\n| messages sent / cids acked | {} / {} |\n| kills by phase | {} |\n| logins with since (load) / probes | {} / {} |\n| recovered true / false / field missing | {} / {} / {} |\n| offline deliveries required | {} |\n| violations | {violations} |\n",
+        "\n## {} — commit {commit}, seed {:#x}\n\n| | |\n| --- | --- |\n| cycles | {cycles}{} ({} server runs with clients) |\n| build | {} |\n| duration | {:.0} s |\n| messages sent with cid / cids acked / plain (no cid) | {} / {} / {} |\n| kills by phase | {} |\n| logins with since (load) / probes | {} / {} |\n| recovered true / false / field missing | {} / {} / {} |\n| offline deliveries required | {} |\n| violations | {violations} |\n",
         today(),
         m.seed,
         if aborted { " (aborted)" } else { "" },
@@ -983,6 +1008,7 @@ fn write_report(path: &str, m: &Model, cycles: usize, took: Duration, aborted: b
         took.as_secs_f64(),
         m.stats.sends,
         m.acked_count(),
+        m.stats.plain_sends,
         kills.join(", "),
         m.stats.since_logins,
         m.stats.probes,

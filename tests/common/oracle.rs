@@ -158,6 +158,7 @@ pub struct SinceLogin {
 #[derive(Default)]
 pub struct Stats {
     pub sends: usize,
+    pub plain_sends: usize,
     pub kills: BTreeMap<&'static str, usize>,
     pub recovered_true: usize,
     pub recovered_false: usize,
