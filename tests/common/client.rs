@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::{token, Server, Ws, RECV_TIMEOUT};
+use super::{token, BoxIo, Server, Ws, RECV_TIMEOUT};
 
 mod recv;
 
@@ -128,6 +128,38 @@ impl Client {
                 })
             }
         }
+    }
+
+    /// Plain `ws://127.0.0.1:port/ws` connection, then an `auth` event for `uid` (fresh 1 h
+    /// token, no reply read). Reports failures instead of panicking, and needs no [`Server`]:
+    /// for tasks that outlive a server kill (crash tests).
+    pub async fn try_connect_port(port: u16, uid: &str) -> Result<Client, String> {
+        let addr = format!("127.0.0.1:{port}");
+        let tcp = tokio::time::timeout(RECV_TIMEOUT, tokio::net::TcpStream::connect(&addr))
+            .await
+            .map_err(|_| "tcp connect timeout".to_string())?
+            .map_err(|e| format!("tcp connect: {e}"))?;
+        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        let io: BoxIo = Box::new(tcp);
+        let req = format!("ws://{addr}/ws").into_client_request().unwrap();
+        let (ws, _) = tokio::time::timeout(RECV_TIMEOUT, tokio_tungstenite::client_async_with_config(req, io, None))
+            .await
+            .map_err(|_| "handshake timeout".to_string())?
+            .map_err(|e| format!("handshake: {e}"))?;
+        let mut c = Client {
+            ws,
+            uid: None,
+            auto_heartbeat: true,
+            hide_heartbeat: true,
+            protocol: None,
+            pings_seen: 0,
+            closed: false,
+        };
+        if !c.try_send_json(&json!({"event":"auth","message":token(uid, None, 3600)})).await {
+            return Err("auth send failed".into());
+        }
+        c.uid = Some(uid.to_string());
+        Ok(c)
     }
 
     /// Plain connection, then an `auth` event with a fresh 1 h token for `uid` (name claim when

@@ -6,6 +6,8 @@
 //! - [`Client`]: a tokio-tungstenite client (ws or wss) with JSON helpers.
 //! - [`RawWs`]: a hand-rolled WebSocket client writing raw frame bytes, for RFC 6455 violations.
 //! - [`http_get`] / [`raw_http`] / [`metrics`]: minimal HTTP/1.1 over TCP or TLS.
+//! - [`oracle`]: the crash oracle's model and checks (used by tests/crash.rs; not re-exported).
+//! - [`Rng`]: a tiny seeded PRNG for reproducible plans.
 //!
 //! Set `NATTER_TEST_STDERR=inherit` to see the server's logs on the test's stderr; by default
 //! they go to a file in the server's temp dir and are printed when startup fails.
@@ -20,6 +22,7 @@
 //! - `http`: [`raw_http`], [`http_get`], [`healthz`], [`metrics`], [`metric_value`],
 //!   [`upgrade_request`], [`read_head`], [`dropped_within`].
 //! - `checks`: `assert_*` field-set checks and [`wait_for`].
+//! - `rng`: [`Rng`].
 #![allow(dead_code)]
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -30,7 +33,9 @@ use tokio_tungstenite::WebSocketStream;
 mod checks;
 mod client;
 mod http;
+pub mod oracle;
 mod raw;
+mod rng;
 mod server;
 mod tls;
 mod tokens;
@@ -44,6 +49,7 @@ pub use {
         dropped_within, healthz, http_get, metric_value, metrics, raw_http, read_head, upgrade_request, HttpResponse,
     },
     raw::{encode_frame, RawFrame, RawWs, MASK, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT},
+    rng::Rng,
     server::{run_natter, run_serve, Server, ServerOpts},
     tls::{generate_tls, tls_client_config, TlsFiles},
     tokens::{alg_none_token, b64url, token, token_claims},

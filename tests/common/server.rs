@@ -1,6 +1,7 @@
 //! The server process: [`ServerOpts`], [`Server`] (spawn / kill / terminate / restart
-//! `natter serve`, byte streams to it), [`run_natter`] for one-shot CLI runs and [`run_serve`]
-//! for a foreground `natter serve` expected to fail at startup.
+//! `natter serve`, also without waiting for it to listen; byte streams to it), [`run_natter`]
+//! for one-shot CLI runs and [`run_serve`] for a foreground `natter serve` expected to fail at
+//! startup.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -134,11 +135,17 @@ impl Server {
     /// Spawn and wait for the `natter listening on ...` line. With a fixed port, retries a few
     /// times when the process exits early (port still held by the previous instance).
     async fn spawn(&mut self) {
+        if let Err(e) = self.spawn_retrying().await {
+            panic!("natter did not start: {e}\n--- server stderr ---\n{}", self.stderr());
+        }
+    }
+
+    async fn spawn_retrying(&mut self) -> Result<(), String> {
         let attempts = if self.port == 0 { 1 } else { 20 };
         let mut last_err = String::new();
         for attempt in 0..attempts {
             match self.try_spawn().await {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
                 Err(e) => {
                     last_err = e;
                     if attempt + 1 < attempts {
@@ -147,7 +154,7 @@ impl Server {
                 }
             }
         }
-        panic!("natter did not start: {last_err}\n--- server stderr ---\n{}", self.stderr());
+        Err(last_err)
     }
 
     async fn try_spawn(&mut self) -> Result<(), String> {
@@ -243,6 +250,28 @@ impl Server {
     pub async fn restart(&mut self) {
         self.kill();
         self.spawn().await;
+    }
+
+    /// Like [`Server::restart`], but a server that does not come up is reported, not panicked
+    /// on (crash tests count it as a failed check).
+    pub async fn try_restart(&mut self) -> Result<(), String> {
+        self.kill();
+        self.spawn_retrying().await
+    }
+
+    /// Start again on the same data dir and port without waiting for the listening line, so
+    /// that a test can SIGKILL the process during startup ([`Server::kill`]; then
+    /// [`Server::restart`] as usual). Needs the port of an earlier start.
+    pub fn spawn_no_wait(&mut self) {
+        assert!(self.port != 0, "spawn_no_wait needs the port of an earlier start");
+        self.kill();
+        let mut child = self.command().spawn().expect("spawn natter");
+        let stdout = child.stdout.take().unwrap();
+        // Keep reading, so that the listening line never meets a closed pipe.
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut BufReader::new(stdout), &mut std::io::sink());
+        });
+        self.child = Some(child);
     }
 
     /// Like [`Server::restart`] but with different extra args.

@@ -1,0 +1,784 @@
+//! The crash oracle's model and checks (driven by tests/crash.rs): what was sent and acked, every
+//! id -> text any client saw, the witness's view of each server run (presence and message
+//! order), what each member received, and the checks on all of it. Violations are collected,
+//! not panicked on, so that one run reports every failing check.
+//!
+//! Time: every `Instant` is taken on the conservative side (before a send, after a receipt), so
+//! "ack received before the login was sent" really means "stored before the server saw the
+//! login".
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt::Write;
+use std::time::Instant;
+
+use serde_json::Value;
+
+/// The guarantees checked, one name each (PROTOCOL.md revision 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Check {
+    ServerStart,
+    HistoryByCount,
+    IdOneText,
+    ConnectionOrder,
+    OfflineDelivery,
+    RecoveredField,
+    RecoveredTrue,
+    RecoveredFalse,
+    AckStable,
+    Dedupe,
+}
+
+impl Check {
+    pub const ALL: [Check; 10] = [
+        Check::ServerStart,
+        Check::HistoryByCount,
+        Check::IdOneText,
+        Check::ConnectionOrder,
+        Check::OfflineDelivery,
+        Check::RecoveredField,
+        Check::RecoveredTrue,
+        Check::RecoveredFalse,
+        Check::AckStable,
+        Check::Dedupe,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Check::ServerStart => "server-start",
+            Check::HistoryByCount => "history-by-count",
+            Check::IdOneText => "id-one-text",
+            Check::ConnectionOrder => "connection-order",
+            Check::OfflineDelivery => "offline-delivery",
+            Check::RecoveredField => "recovered-field",
+            Check::RecoveredTrue => "recovered-true",
+            Check::RecoveredFalse => "recovered-false",
+            Check::AckStable => "ack-stable",
+            Check::Dedupe => "dedupe",
+        }
+    }
+
+    pub fn what(self) -> &'static str {
+        match self {
+            Check::ServerStart => "the server starts (store opens) after every kill",
+            Check::HistoryByCount => "replay since K = the last N stored messages with id > K, every acked one kept",
+            Check::IdOneText => "an id names one message (one text) per room; an ack id is never reused",
+            Check::ConnectionOrder => {
+                "per login: replay, then offline, then live; ids increase in each; none twice; marks right"
+            }
+            Check::OfflineDelivery => "an offline member eventually gets every acked message published meanwhile",
+            Check::RecoveredField => "the joiner's own login after a login with since carries `recovered`",
+            Check::RecoveredTrue => "recovered:true only when every stored message after since was delivered",
+            Check::RecoveredFalse => "recovered:false only when more than N messages were stored after since",
+            Check::AckStable => "a cid is always acked with the same id",
+            Check::Dedupe => "a cid acked once is never published again",
+        }
+    }
+}
+
+pub struct Violation {
+    pub check: Check,
+    pub cycle: usize,
+    pub detail: String,
+}
+
+/// How a message reached a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Replay = 0,
+    Offline = 1,
+    Live = 2,
+}
+
+pub struct Ack {
+    pub id: u64,
+    pub at: Instant,
+    pub epoch: usize,
+    pub cycle: usize,
+}
+
+/// One message a sender wants delivered, under one cid (texts are unique per cid).
+pub struct CidRec {
+    pub room: String,
+    pub text: String,
+    pub sender: String,
+    /// Every send: (server run, time taken before sending).
+    pub sends: Vec<(usize, Instant)>,
+    pub first_cycle: usize,
+    pub ack: Option<Ack>,
+}
+
+/// What the witness saw live in one room during one server run, in room order: a prefix of
+/// everything that happened in the room in that run (the witness logs in before anyone else).
+#[derive(Clone, Debug)]
+pub enum WEv {
+    Msg(u64),
+    /// `at`: when the witness received it (after the join).
+    Login {
+        uid: String,
+        at: Instant,
+    },
+    /// `left`: the member count dropped (a `leave`), rather than a disconnect.
+    Logout {
+        uid: String,
+        left: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Presence {
+    NonMember,
+    /// Membership or presence not known for sure: nothing is required.
+    Unknown,
+    Online,
+    Offline,
+}
+
+pub struct MemberRec {
+    pub by_since: bool,
+    /// The `since` of the next login: the last id seen in order (live, or in a catch-up known
+    /// complete), so that the member really has every stored message up to it.
+    pub since: u64,
+    /// Every message id received, in any login, any way.
+    pub received: HashSet<u64>,
+    /// Server run -> logins sent to this room.
+    pub logins_sent: HashMap<usize, usize>,
+    /// The final login's catch-up was read completely: eventual delivery can be judged.
+    pub final_drain_done: bool,
+}
+
+/// A login with `since` that got `recovered:false`, judged at the end (when every cid's id is known).
+pub struct SinceLogin {
+    pub who: String,
+    pub room: String,
+    pub since: u64,
+    pub own_at: Instant,
+    pub cycle: usize,
+}
+
+#[derive(Default)]
+pub struct Stats {
+    pub sends: usize,
+    pub plain_sends: usize,
+    pub kills: BTreeMap<&'static str, usize>,
+    pub recovered_true: usize,
+    pub recovered_false: usize,
+    pub recovered_missing: usize,
+    pub since_logins: usize,
+    pub probes: usize,
+    pub required_offline: usize,
+    pub errors: BTreeMap<String, usize>,
+    pub notes: Vec<String>,
+}
+
+pub struct Model {
+    pub seed: u64,
+    pub history_max: usize,
+    pub cycle: usize,
+    /// Server runs with clients (startup-killed processes are not runs).
+    pub epoch: usize,
+    pub cids: HashMap<String, CidRec>,
+    /// (room, id) -> text, from every message and ack any client received.
+    pub by_id: HashMap<(String, u64), String>,
+    /// text -> ids it was seen under.
+    pub text_ids: HashMap<String, BTreeSet<u64>>,
+    /// (room, id) -> the cid acked with it.
+    pub ack_ids: HashMap<(String, u64), String>,
+    pub witness: HashMap<(usize, String), Vec<WEv>>,
+    /// Server run -> the latest send answered by an ack received in that run: a flush that
+    /// covers everything done before that send (memberships included) completed in the run.
+    pub ack_triggers: HashMap<usize, Instant>,
+    pub members: BTreeMap<(String, String), MemberRec>,
+    pub false_logins: Vec<SinceLogin>,
+    pub violations: Vec<Violation>,
+    pub stats: Stats,
+}
+
+impl Model {
+    pub fn new(seed: u64, history_max: usize) -> Model {
+        Model {
+            seed,
+            history_max,
+            cycle: 0,
+            epoch: 0,
+            cids: HashMap::new(),
+            by_id: HashMap::new(),
+            text_ids: HashMap::new(),
+            ack_ids: HashMap::new(),
+            witness: HashMap::new(),
+            ack_triggers: HashMap::new(),
+            members: BTreeMap::new(),
+            false_logins: Vec::new(),
+            violations: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn violate(&mut self, check: Check, detail: impl Into<String>) {
+        let cycle = self.cycle;
+        self.violate_at(check, cycle, detail);
+    }
+
+    pub fn violate_at(&mut self, check: Check, cycle: usize, detail: impl Into<String>) {
+        let detail = detail.into();
+        if std::env::var("NATTER_CRASH_VERBOSE").is_ok() {
+            eprintln!("VIOLATION {} (seed {}, cycle {cycle}): {detail}", check.name(), self.seed);
+        }
+        self.violations.push(Violation { check, cycle, detail });
+    }
+
+    pub fn add_member(&mut self, uid: &str, room: &str, by_since: bool) {
+        self.members.entry((uid.to_string(), room.to_string())).or_insert(MemberRec {
+            by_since,
+            since: 0,
+            received: HashSet::new(),
+            logins_sent: HashMap::new(),
+            final_drain_done: false,
+        });
+    }
+
+    pub fn member(&mut self, uid: &str, room: &str) -> &mut MemberRec {
+        self.members.get_mut(&(uid.to_string(), room.to_string())).expect("a known member")
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Recording
+    // -----------------------------------------------------------------------------------------
+
+    /// A send of `cid` is about to go out (`at` taken before sending).
+    pub fn sent(&mut self, cid: &str, room: &str, text: &str, sender: &str, at: Instant) {
+        let (epoch, cycle) = (self.epoch, self.cycle);
+        let rec = self.cids.entry(cid.to_string()).or_insert_with(|| CidRec {
+            room: room.to_string(),
+            text: text.to_string(),
+            sender: sender.to_string(),
+            sends: vec![],
+            first_cycle: cycle,
+            ack: None,
+        });
+        rec.sends.push((epoch, at));
+        self.stats.sends += 1;
+    }
+
+    /// An `ack` arrived (`at` taken after receipt).
+    pub fn acked(&mut self, v: &Value, at: Instant) {
+        let (Some(cid), Some(id), Some(room)) = (v["cid"].as_str(), v["id"].as_u64(), v["roomid"].as_str()) else {
+            self.violate(Check::AckStable, format!("malformed ack {v}"));
+            return;
+        };
+        let Some(rec) = self.cids.get(cid) else {
+            self.violate(Check::AckStable, format!("ack for a cid never sent: {v}"));
+            return;
+        };
+        let (epoch, cycle) = (self.epoch, self.cycle);
+        let (text, want_room) = (rec.text.clone(), rec.room.clone());
+        let trigger = rec.sends.iter().rev().find(|(e, _)| *e == epoch).map(|(_, t)| *t);
+        let first = rec.ack.as_ref().map(|a| (a.id, a.cycle));
+        if room != want_room {
+            self.violate(Check::AckStable, format!("ack {v} names room {room}, the cid was sent to {want_room}"));
+        }
+        match first {
+            Some((first, first_cycle)) if first != id => {
+                let d = format!("cid {cid} acked with id {id}, first acked with id {first} (cycle {first_cycle})");
+                self.violate(Check::AckStable, d);
+            }
+            Some(_) => {}
+            None => {
+                self.cids.get_mut(cid).unwrap().ack = Some(Ack { id, at, epoch, cycle });
+            }
+        }
+        if let Some(t) = trigger {
+            let e = self.ack_triggers.entry(epoch).or_insert(t);
+            if t > *e {
+                *e = t;
+            }
+        }
+        match self.ack_ids.get(&(room.to_string(), id)) {
+            Some(other) if other != cid => {
+                let d = format!("room {room}: id {id} acked for cid {cid} and for cid {other}");
+                self.violate(Check::IdOneText, d);
+            }
+            Some(_) => {}
+            None => {
+                self.ack_ids.insert((room.to_string(), id), cid.to_string());
+            }
+        }
+        self.saw(room, id, &text, None, &format!("ack of {cid}"));
+    }
+
+    /// `room`/`id` carried `text` (a message or an ack). One id, one text, per room.
+    pub fn saw(&mut self, room: &str, id: u64, text: &str, cid: Option<&str>, how: &str) {
+        match self.by_id.get(&(room.to_string(), id)) {
+            Some(t) if t != text => {
+                let d = format!("room {room}: id {id} seen as {t:?} and as {text:?} ({how})");
+                self.violate(Check::IdOneText, d);
+            }
+            Some(_) => {}
+            None => {
+                self.by_id.insert((room.to_string(), id), text.to_string());
+            }
+        }
+        self.text_ids.entry(text.to_string()).or_default().insert(id);
+        if let Some(c) = cid {
+            if let Some(rec) = self.cids.get(c) {
+                if rec.text != text || rec.room != room {
+                    let d = format!("cid {c} sent as {:?} to {}, delivered as {text:?} in {room}", rec.text, rec.room);
+                    self.violate(Check::IdOneText, d);
+                }
+            }
+        }
+    }
+
+    pub fn witness_event(&mut self, room: &str, ev: WEv) {
+        let epoch = self.epoch;
+        self.witness.entry((epoch, room.to_string())).or_default().push(ev);
+    }
+
+    /// Acked (room, id, cid) sorted by id.
+    pub fn acked_in(&self, room: &str) -> Vec<(u64, &str)> {
+        let mut v: Vec<(u64, &str)> = self
+            .cids
+            .iter()
+            .filter(|(_, r)| r.room == room)
+            .filter_map(|(c, r)| r.ack.as_ref().map(|a| (a.id, c.as_str())))
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn unacked_in(&self, room: &str) -> usize {
+        self.cids.values().filter(|r| r.room == room && r.ack.is_none()).count()
+    }
+
+    fn cycle_of(&self, room: &str, id: u64) -> String {
+        match self.ack_ids.get(&(room.to_string(), id)).and_then(|c| self.cids.get(c).map(|r| (c, r))) {
+            Some((c, r)) => format!(
+                "cid {c}, first sent in cycle {}, acked in cycle {}",
+                r.first_cycle,
+                r.ack.as_ref().map(|a| a.cycle).unwrap_or(0)
+            ),
+            None => "not an acked id".into(),
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Checks at a quiet moment (every sent cid acked, nothing being published)
+    // -----------------------------------------------------------------------------------------
+
+    /// A fresh uid logged in with `since` at a quiet moment, when the store holds exactly the
+    /// acked messages: the replay must be exactly the last N of them with id > since, and
+    /// `recovered` must say whether every acked message with id > since is among those N.
+    pub fn check_probe(&mut self, room: &str, since: u64, replay: &[u64], recovered: Option<&Value>) {
+        self.stats.probes += 1;
+        let n = self.history_max;
+        let acked: Vec<u64> = self.acked_in(room).into_iter().map(|(id, _)| id).collect();
+        let window: Vec<u64> = acked[acked.len().saturating_sub(n)..].to_vec();
+        let want: Vec<u64> = window.iter().copied().filter(|id| *id > since).collect();
+        if replay != want.as_slice() {
+            let got: BTreeSet<u64> = replay.iter().copied().collect();
+            let wanted: BTreeSet<u64> = want.iter().copied().collect();
+            let missing: Vec<u64> = wanted.difference(&got).copied().collect();
+            let extra: Vec<u64> = got.difference(&wanted).copied().collect();
+            let mut d = format!(
+                "room {room}, since {since}: replay of {} messages, expected the last {} acked with id > since ({} acked in all, N = {n})",
+                replay.len(),
+                want.len(),
+                acked.len()
+            );
+            if !missing.is_empty() {
+                let _ =
+                    write!(d, "; missing acked ids {} (first: {})", short(&missing), self.cycle_of(room, missing[0]));
+            }
+            if !extra.is_empty() {
+                let older = extra.iter().filter(|id| window.first().is_some_and(|w| *id < w)).count();
+                let _ = write!(d, "; not in the last N: {} ({older} older than the window)", short(&extra));
+            }
+            if missing.is_empty() && extra.is_empty() {
+                d.push_str("; same ids, wrong order");
+            }
+            self.violate(Check::HistoryByCount, d);
+        }
+        let after = acked.iter().filter(|id| **id > since).count();
+        let expect = after <= n;
+        match recovered_flag(recovered) {
+            Err(d) => {
+                self.stats.recovered_missing += 1;
+                self.violate(Check::RecoveredField, format!("probe of room {room}, since {since}: {d}"));
+            }
+            Ok(got) => {
+                self.count_recovered(got);
+                if got != expect {
+                    let check = if got { Check::RecoveredTrue } else { Check::RecoveredFalse };
+                    let d = format!(
+                        "probe of room {room}, since {since}: recovered:{got}, but {after} acked (= stored) messages have id > since, N = {n}"
+                    );
+                    self.violate(check, d);
+                }
+            }
+        }
+    }
+
+    fn count_recovered(&mut self, got: bool) {
+        if got {
+            self.stats.recovered_true += 1;
+        } else {
+            self.stats.recovered_false += 1;
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Checks on a login with `since` under load
+    // -----------------------------------------------------------------------------------------
+
+    /// The `recovered` flag of a member's login with `since`, judged once its catch-up has been
+    /// read completely (`catch_up`: ids received as replay or offline). The one place that
+    /// knows the field: true must mean every message acked before the login with id > since
+    /// came in the catch-up; false is judged at the end ([`Model::check_recovered_false`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn check_recovered_flag(
+        &mut self,
+        who: &str,
+        room: &str,
+        since: u64,
+        own_login: &Value,
+        sent_at: Instant,
+        own_at: Instant,
+        catch_up: &BTreeSet<u64>,
+    ) {
+        self.stats.since_logins += 1;
+        match recovered_flag(own_login.get("recovered")) {
+            Err(d) => {
+                self.stats.recovered_missing += 1;
+                self.violate(
+                    Check::RecoveredField,
+                    format!("{who} login to {room} with since {since}: {d}: {own_login}"),
+                );
+            }
+            Ok(true) => {
+                self.count_recovered(true);
+                let missed: Vec<u64> = self
+                    .cids
+                    .values()
+                    .filter(|r| r.room == room)
+                    .filter_map(|r| r.ack.as_ref())
+                    .filter(|a| a.at < sent_at && a.id > since && !catch_up.contains(&a.id))
+                    .map(|a| a.id)
+                    .collect::<BTreeSet<u64>>()
+                    .into_iter()
+                    .collect();
+                if !missed.is_empty() {
+                    let d = format!(
+                        "{who} login to {room} with since {since}: recovered:true, but acked ids {} (acked before the login) came neither in the replay nor the queue (first: {})",
+                        short(&missed),
+                        self.cycle_of(room, missed[0])
+                    );
+                    self.violate(Check::RecoveredTrue, d);
+                }
+            }
+            Ok(false) => {
+                self.count_recovered(false);
+                let cycle = self.cycle;
+                self.false_logins.push(SinceLogin { who: who.into(), room: room.into(), since, own_at, cycle });
+            }
+        }
+    }
+
+    /// Every `recovered:false`: more than N messages can have been stored after `since`. Each
+    /// cid holds at most one stored message at a time, so the number of cids sent to the room
+    /// before the login, less those known to have an id at or below `since`, bounds it.
+    pub fn check_recovered_false(&mut self) {
+        let n = self.history_max;
+        let logins = std::mem::take(&mut self.false_logins);
+        for l in &logins {
+            let bound = self
+                .cids
+                .values()
+                .filter(|r| r.room == l.room && r.sends.first().is_some_and(|(_, t)| *t < l.own_at))
+                .filter(|r| r.ack.as_ref().is_none_or(|a| a.id > l.since))
+                .count();
+            if bound <= n {
+                let d = format!(
+                    "{} login to {} with since {}: recovered:false, but at most {bound} messages can have been stored after since (N = {n})",
+                    l.who, l.room, l.since
+                );
+                self.violate_at(Check::RecoveredFalse, l.cycle, d);
+            }
+        }
+        self.false_logins = logins;
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Checks at the end of the run
+    // -----------------------------------------------------------------------------------------
+
+    /// Presence of `uid` in `room` at each message the witness saw, and at the end of each
+    /// server run's witnessed prefix (Unknown when a login of the uid was not witnessed).
+    fn presence_walk(&self, uid: &str, room: &str) -> (HashMap<u64, Presence>, HashMap<usize, Presence>) {
+        let rec = &self.members[&(uid.to_string(), room.to_string())];
+        let mut labels = HashMap::new();
+        let mut tails = HashMap::new();
+        let mut state = Presence::NonMember;
+        // Whether the membership at the last crash was flushed (or began in an earlier run).
+        let mut durable = true;
+        let empty = vec![];
+        for e in 1..=self.epoch {
+            // A restart: nobody is online; a membership not yet flushed may be gone.
+            state = match state {
+                Presence::Online | Presence::Offline if durable => Presence::Offline,
+                Presence::Online | Presence::Offline => Presence::Unknown,
+                s => s,
+            };
+            // When a membership (possibly) began in this run, at the witnessed login.
+            let mut fresh: Option<Instant> = None;
+            let events = self.witness.get(&(e, room.to_string())).unwrap_or(&empty);
+            let mut logins = 0;
+            for ev in events {
+                match ev {
+                    WEv::Msg(id) => {
+                        labels.insert(*id, state);
+                    }
+                    WEv::Login { uid: u, at } if u == uid => {
+                        logins += 1;
+                        if matches!(state, Presence::NonMember | Presence::Unknown) {
+                            fresh = Some(*at);
+                        }
+                        state = Presence::Online;
+                    }
+                    WEv::Logout { uid: u, left } if u == uid => {
+                        if *left {
+                            state = Presence::NonMember;
+                            fresh = None;
+                        } else {
+                            state = Presence::Offline;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if rec.logins_sent.get(&e).copied().unwrap_or(0) > logins {
+                state = Presence::Unknown;
+            }
+            tails.insert(e, state);
+            // An ack answering a send made after the join means a flush covering the join.
+            durable = match fresh {
+                None => true,
+                Some(at) => self.ack_triggers.get(&e).is_some_and(|t| *t > at),
+            };
+        }
+        (labels, tails)
+    }
+
+    /// Every member whose last login was read to its end got every acked message that was
+    /// published while it was an offline member: by the witness's order when the witness saw
+    /// the message, else when the member was an offline member at the end of every run the
+    /// message may have been published in.
+    pub fn check_offline_delivery(&mut self) {
+        let keys: Vec<(String, String)> = self.members.keys().cloned().collect();
+        let mut found = vec![];
+        for (uid, room) in keys {
+            let rec = &self.members[&(uid.clone(), room.clone())];
+            if !rec.final_drain_done {
+                self.stats.notes.push(format!("{uid} in {room}: final drain not completed, delivery not judged"));
+                continue;
+            }
+            let (labels, tails) = self.presence_walk(&uid, &room);
+            for r in self.cids.values().filter(|r| r.room == room) {
+                let Some(a) = &r.ack else { continue };
+                let (required, how) = match labels.get(&a.id) {
+                    Some(p) => (*p == Presence::Offline, "the witness saw it published while the member was offline"),
+                    None => {
+                        let runs: BTreeSet<usize> = r.sends.iter().map(|(e, _)| *e).collect();
+                        let all = !runs.is_empty() && runs.iter().all(|e| tails.get(e) == Some(&Presence::Offline));
+                        (all, "published after the witness's last event, the member offline to the end of that run")
+                    }
+                };
+                if !required {
+                    continue;
+                }
+                self.stats.required_offline += 1;
+                if !rec.received.contains(&a.id) {
+                    let d = format!(
+                        "{uid} ({}) never received acked id {} in {room} ({:?}, cid {} first sent in cycle {}, acked in cycle {}): {how}",
+                        if rec.by_since { "logs in with since" } else { "logs in without since" },
+                        a.id,
+                        r.text,
+                        r.text.split(' ').next().unwrap_or(""),
+                        r.first_cycle,
+                        a.cycle
+                    );
+                    found.push((a.cycle, d));
+                }
+            }
+        }
+        found.sort();
+        for (cycle, d) in found {
+            self.violate_at(Check::OfflineDelivery, cycle, d);
+        }
+    }
+
+    /// A cid acked with id A is never published again: no id above A carries its text.
+    pub fn check_dedupe(&mut self) {
+        let mut found = vec![];
+        for (cid, r) in &self.cids {
+            let Some(a) = &r.ack else { continue };
+            if let Some(ids) = self.text_ids.get(&r.text) {
+                let later: Vec<u64> = ids.iter().copied().filter(|id| *id > a.id).collect();
+                if !later.is_empty() {
+                    found.push((
+                        a.cycle,
+                        format!("cid {cid} acked with id {} in {}, published again as {}", a.id, r.room, short(&later)),
+                    ));
+                }
+            }
+        }
+        found.sort();
+        for (cycle, d) in found {
+            self.violate_at(Check::Dedupe, cycle, d);
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Summary
+    // -----------------------------------------------------------------------------------------
+
+    pub fn acked_count(&self) -> usize {
+        self.cids.values().filter(|r| r.ack.is_some()).count()
+    }
+
+    pub fn violation_counts(&self) -> BTreeMap<Check, usize> {
+        let mut m = BTreeMap::new();
+        for v in &self.violations {
+            *m.entry(v.check).or_insert(0) += 1;
+        }
+        m
+    }
+
+    /// Per check: count and the first few violations (cycle and detail).
+    pub fn report(&self, examples: usize) -> String {
+        let mut s = String::new();
+        let counts = self.violation_counts();
+        for c in Check::ALL {
+            let n = counts.get(&c).copied().unwrap_or(0);
+            let _ = writeln!(s, "  {:<18} {:>5}  {}", c.name(), n, c.what());
+            for v in self.violations.iter().filter(|v| v.check == c).take(examples) {
+                let _ = writeln!(s, "      cycle {:>4}: {}", v.cycle, v.detail);
+            }
+        }
+        s
+    }
+}
+
+/// The `recovered` field of a joiner's own login: a boolean, or why not.
+pub fn recovered_flag(v: Option<&Value>) -> Result<bool, String> {
+    match v {
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(format!("`recovered` is {other}, not a boolean")),
+        None => Err("no `recovered` field".into()),
+    }
+}
+
+/// Ids for a message: the first few and how many.
+pub fn short(ids: &[u64]) -> String {
+    if ids.len() <= 6 {
+        format!("{ids:?}")
+    } else {
+        format!("{:?}... ({} ids)", &ids[..6], ids.len())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One connection's view
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Default)]
+pub struct RoomView {
+    pub joined: bool,
+    phase: u8,
+    last: [u64; 3],
+    pub max: u64,
+    seen: HashSet<u64>,
+    /// Ids received as replay or offline.
+    pub catch_up: BTreeSet<u64>,
+    pub replay: Vec<u64>,
+}
+
+/// The per-login order checks of one connection (a connection logs in once per room).
+pub struct ConnView {
+    pub label: String,
+    pub rooms: HashMap<String, RoomView>,
+}
+
+impl ConnView {
+    pub fn new(label: impl Into<String>) -> ConnView {
+        ConnView { label: label.into(), rooms: HashMap::new() }
+    }
+
+    pub fn joined(&mut self, room: &str) {
+        self.rooms.entry(room.to_string()).or_default().joined = true;
+    }
+
+    pub fn room(&self, room: &str) -> Option<&RoomView> {
+        self.rooms.get(room)
+    }
+
+    /// Checks one `message` event against the earlier ones of this login, records its text;
+    /// returns (room, id, kind).
+    pub fn message(&mut self, m: &mut Model, v: &Value) -> Option<(String, u64, Kind)> {
+        let (Some(room), Some(id), Some(text)) = (v["roomid"].as_str(), v["id"].as_u64(), v["message"].as_str()) else {
+            m.violate(Check::ConnectionOrder, format!("{}: malformed message {v}", self.label));
+            return None;
+        };
+        let replay = v.get("replay").is_some();
+        let offline = v.get("offline").is_some();
+        if (replay && v["replay"] != true) || (offline && v["offline"] != true) || (replay && offline) {
+            m.violate(Check::ConnectionOrder, format!("{}: bad marks on {v}", self.label));
+        }
+        let kind = if replay {
+            Kind::Replay
+        } else if offline {
+            Kind::Offline
+        } else {
+            Kind::Live
+        };
+        m.saw(room, id, text, v["cid"].as_str(), &format!("{} {kind:?}", self.label));
+        let label = self.label.clone();
+        let rv = self.rooms.entry(room.to_string()).or_default();
+        if !rv.joined {
+            m.violate(Check::ConnectionOrder, format!("{label}: message in {room} before its own login: {v}"));
+        }
+        if !rv.seen.insert(id) {
+            m.violate(Check::ConnectionOrder, format!("{label}: id {id} in {room} twice within one login ({kind:?})"));
+        }
+        let k = kind as u8;
+        if k < rv.phase {
+            m.violate(
+                Check::ConnectionOrder,
+                format!(
+                    "{label}: {kind:?} id {id} in {room} after {} messages",
+                    ["replay", "offline", "live"][rv.phase as usize]
+                ),
+            );
+        }
+        rv.phase = rv.phase.max(k);
+        if rv.last[k as usize] != 0 && id <= rv.last[k as usize] {
+            m.violate(
+                Check::ConnectionOrder,
+                format!("{label}: {kind:?} ids in {room} not increasing: {id} after {}", rv.last[k as usize]),
+            );
+        }
+        if kind == Kind::Live && id <= rv.max {
+            m.violate(
+                Check::ConnectionOrder,
+                format!("{label}: live id {id} in {room} not above {} already received", rv.max),
+            );
+        }
+        rv.last[k as usize] = rv.last[k as usize].max(id);
+        rv.max = rv.max.max(id);
+        if kind != Kind::Live {
+            rv.catch_up.insert(id);
+        }
+        if kind == Kind::Replay {
+            rv.replay.push(id);
+        }
+        Some((room.to_string(), id, kind))
+    }
+}
