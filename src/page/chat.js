@@ -43,10 +43,13 @@ export class Chat {
     return this.rooms.get(this.activeId) ?? null;
   }
 
-  /** A new socket is authenticated: leaves still owed are made, then every room logs in again. */
+  /**
+   * A new socket is authenticated: leaves still owed are made, then every room logs in again.
+   * `reauthed` may have done so a moment before (the first token of a socket is both): the
+   * barriers it left (cleared on every disconnect) keep a room from logging in twice.
+   */
   connected(me) {
     this.me = me;
-    this.barriers = [];
     this.catchUp();
   }
 
