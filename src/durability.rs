@@ -39,20 +39,23 @@ impl GroupCommit {
         shutdown: tokio_util::sync::CancellationToken,
     ) {
         loop {
-            let batch = {
+            let idle = {
                 let mut f = self.flushing.locked();
                 if f.is_empty() {
                     *f = std::mem::take(&mut *self.pending.locked());
                 }
-                f.clone()
+                f.is_empty()
             };
-            if batch.is_empty() {
+            if idle {
                 tokio::select! {
                     _ = self.wake.notified() => continue,
                     _ = shutdown.cancelled() => return,
                 }
             }
-            match store.flush().await {
+            let flushed = store.flush().await;
+            // Taken only once the flush is over: a flusher that dies before leaves it here.
+            let batch = std::mem::take(&mut *self.flushing.locked());
+            match flushed {
                 Ok(()) => {
                     metrics.acks.add(batch.len() as u64);
                     for (outbox, frame) in batch {
@@ -72,7 +75,6 @@ impl GroupCommit {
                     }
                 }
             }
-            self.flushing.locked().clear();
         }
     }
 }

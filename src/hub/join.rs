@@ -46,12 +46,17 @@ fn recovered(since: u64, replay: &[Stored], queued: &[Queued]) -> bool {
     need <= since
 }
 
+/// The size of a drain ping frame: a 2-byte header, the tag, the token.
+const CONFIRM_FRAME_LEN: usize = 2 + CONFIRM_TAG.len() + 8;
+
 /// A fresh drain ping: its token and the frame.
 fn confirm_ping() -> (u64, bytes::Bytes) {
     let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
     let mut payload = CONFIRM_TAG.to_vec();
     payload.extend_from_slice(&token.to_be_bytes());
-    (token, wire::ping(&payload))
+    let frame = wire::ping(&payload);
+    debug_assert_eq!(frame.len(), CONFIRM_FRAME_LEN);
+    (token, frame)
 }
 
 impl Hub {
@@ -182,7 +187,6 @@ impl Hub {
             all_sent &= self.send_one(conn, wire::text(&protocol::with_mark(&m.json, Mark::Replay)));
         }
         let replayed = |id: u64| c.replay.binary_search_by_key(&id, |m| m.id).is_ok();
-        let ping = confirm_ping();
         let mut claimed = Vec::new();
         let mut sent = Vec::new();
         let mut cut_short = false;
@@ -194,7 +198,7 @@ impl Hub {
             } else if all_sent && !cut_short {
                 let frame = wire::text(&protocol::with_mark(&q.json, Mark::Offline));
                 // Room for this entry and the ping after it, or the drain stops here.
-                if !conn.outbox.has_room(2, frame.len() + ping.1.len()) {
+                if !conn.outbox.has_room(2, frame.len() + CONFIRM_FRAME_LEN) {
                     cut_short = true;
                     continue;
                 }
@@ -206,7 +210,7 @@ impl Hub {
         }
         self.store.dequeue(uid, &claimed)?;
         if all_sent && !sent.is_empty() {
-            let (token, frame) = ping;
+            let (token, frame) = confirm_ping();
             conn.unconfirmed.locked().push((token, uid.to_string(), sent));
             if !self.send_one(conn, frame) {
                 conn.unconfirmed.locked().retain(|(t, ..)| *t != token);

@@ -41,11 +41,8 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn mark_seen(&self) {
-        self.seen.store(true, Ordering::Relaxed);
-    }
-
-    /// The flag `mark_seen` sets, for a reader that marks every frame as it parses it.
+    /// Set on every frame received (by the reader as it parses them); cleared by each
+    /// heartbeat tick.
     pub fn seen_flag(&self) -> Arc<AtomicBool> {
         self.seen.clone()
     }
@@ -77,13 +74,14 @@ pub struct Joined {
 /// block is reserved when half of the current one is used, so publishes never wait for it.
 const ID_BLOCK: u64 = 65_536;
 
-/// Stripes of the per-uid lock around "check the dedupe record, then publish".
-const DEDUPE_STRIPES: usize = 64;
+/// Stripes of the striped locks: per uid around "check the dedupe record, then publish", per
+/// room id around opening a room.
+const STRIPES: usize = 64;
 
 /// The stripe of a striped lock that `key` takes.
 fn stripe(key: &str) -> usize {
     use std::hash::{BuildHasher, BuildHasherDefault};
-    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(key) as usize % DEDUPE_STRIPES
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(key) as usize % STRIPES
 }
 
 impl From<anyhow::Error> for HubError {
@@ -103,10 +101,10 @@ pub struct Hub {
     max_per_uid: usize,
     /// Serialises publishes with a `cid` per uid (striped), so one `cid` is published once even
     /// when two connections of the uid send it to two rooms at the same moment.
-    dedupe_locks: [Mutex<()>; DEDUPE_STRIPES],
+    dedupe_locks: [Mutex<()>; STRIPES],
     /// Serialises the opening of a room (striped by room id): one opener reserves and
     /// flushes, the others find the room open when they get the lock.
-    open_locks: [tokio::sync::Mutex<()>; DEDUPE_STRIPES],
+    open_locks: [tokio::sync::Mutex<()>; STRIPES],
 }
 
 impl Hub {
