@@ -724,6 +724,14 @@ async fn member_run(
     let mut offline_since = Instant::now();
     loop {
         if !final_drain {
+            let away = {
+                let mut g = lock(&m);
+                let epoch = g.epoch;
+                spec.rooms.iter().any(|r| g.member(spec.uid, r).away_until > epoch)
+            };
+            if away {
+                return; // gone for this server run (see MemberRec::away_until)
+            }
             let off = if spec.by_since && rng.chance(0.1) { rng.range(2000, 4000) } else { rng.range(100, 800) };
             tokio::select! {
                 _ = tokio::time::sleep(ms(off)) => {}
@@ -769,7 +777,7 @@ async fn member_run(
         } else if rng.chance(0.15) {
             Style::Abrupt(rng.range(0, 3) as usize)
         } else {
-            Style::Normal { stay: ms(rng.range(200, 1200)), leave: spec.by_since && rng.chance(0.15) }
+            Style::Normal { stay: ms(rng.range(200, 1200)), leave: spec.by_since && rng.chance(0.3) }
         };
         let started = Instant::now();
         let lost;
@@ -794,6 +802,14 @@ async fn member_run(
                 if s.alive && leave {
                     for room in spec.rooms {
                         s.alive &= s.c.try_send_json(&json!({"event":"leave","roomid":room})).await;
+                    }
+                    if rng.chance(0.7) {
+                        // Stay away for several runs: more than N stored while no member.
+                        let mut g = lock(&m);
+                        let until = g.epoch + rng.range(4, 10) as usize;
+                        for room in spec.rooms {
+                            g.member(spec.uid, room).away_until = until;
+                        }
                     }
                 }
                 lost = !s.alive;
@@ -924,7 +940,7 @@ fn summary(m: &Model, cycles: usize, took: Duration, aborted: bool) -> String {
     let kills: Vec<String> = m.stats.kills.iter().map(|(k, v)| format!("{k}: {v}")).collect();
     let errors: Vec<String> = m.stats.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();
     let mut s = format!(
-        "crash oracle summary: seed {:#x}, {cycles} cycles{} in {:.1} s ({} build)\n  sends with cid {}, cids acked {}, plain sends {}, server runs {}\n  kills: {}\n  logins with since: {} (+{} probes); recovered true {}, false {}, field missing {}\n  offline deliveries required: {}\n  error events: {}\n",
+        "crash oracle summary: seed {:#x}, {cycles} cycles{} in {:.1} s ({} build)\n  sends with cid {}, cids acked {}, plain sends {}, server runs {}\n  kills: {}\n  logins with since: {} (recovered true {}, false {}) + {} probes (true {}, false {}); field missing {}\n  offline deliveries required: {}\n  error events: {}\n",
         m.seed,
         if aborted { " (aborted)" } else { "" },
         took.as_secs_f64(),
@@ -935,9 +951,11 @@ fn summary(m: &Model, cycles: usize, took: Duration, aborted: bool) -> String {
         m.epoch,
         kills.join(", "),
         m.stats.since_logins,
+        m.stats.load_true,
+        m.stats.load_false,
         m.stats.probes,
-        m.stats.recovered_true,
-        m.stats.recovered_false,
+        m.stats.probe_true,
+        m.stats.probe_false,
         m.stats.recovered_missing,
         m.stats.required_offline,
         if errors.is_empty() { "none".to_string() } else { errors.join(", ") },
@@ -999,7 +1017,7 @@ fn write_report(path: &str, m: &Model, cycles: usize, took: Duration, aborted: b
         format!("{} ({})", m.violations.len(), per.join(", "))
     };
     s.push_str(&format!(
-        "\n## {} — commit {commit}, seed {:#x}\n\n| | |\n| --- | --- |\n| cycles | {cycles}{} ({} server runs with clients) |\n| build | {} |\n| duration | {:.0} s |\n| messages sent with cid / cids acked / plain (no cid) | {} / {} / {} |\n| kills by phase | {} |\n| logins with since (load) / probes | {} / {} |\n| recovered true / false / field missing | {} / {} / {} |\n| offline deliveries required | {} |\n| violations | {violations} |\n",
+        "\n## {} — commit {commit}, seed {:#x}\n\n| | |\n| --- | --- |\n| cycles | {cycles}{} ({} server runs with clients) |\n| build | {} |\n| duration | {:.0} s |\n| messages sent with cid / cids acked / plain (no cid) | {} / {} / {} |\n| kills by phase | {} |\n| logins with since under load: recovered true / false | {} / {} |\n| probes: recovered true / false | {} / {} |\n| `recovered` field missing | {} |\n| offline deliveries required | {} |\n| violations | {violations} |\n",
         today(),
         m.seed,
         if aborted { " (aborted)" } else { "" },
@@ -1010,10 +1028,10 @@ fn write_report(path: &str, m: &Model, cycles: usize, took: Duration, aborted: b
         m.acked_count(),
         m.stats.plain_sends,
         kills.join(", "),
-        m.stats.since_logins,
-        m.stats.probes,
-        m.stats.recovered_true,
-        m.stats.recovered_false,
+        m.stats.load_true,
+        m.stats.load_false,
+        m.stats.probe_true,
+        m.stats.probe_false,
         m.stats.recovered_missing,
         m.stats.required_offline,
     ));

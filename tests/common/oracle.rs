@@ -144,6 +144,10 @@ pub struct MemberRec {
     pub logins_sent: HashMap<usize, usize>,
     /// The final login's catch-up was read completely: eventual delivery can be judged.
     pub final_drain_done: bool,
+    /// After a `leave`, the member stays away until this server run, so that more than N
+    /// messages are stored while it is no member: its next login with `since` must then get
+    /// `recovered:false` (a server that says true is caught by the load-time check).
+    pub away_until: usize,
 }
 
 /// A login with `since` that got `recovered:false`, judged at the end (when every cid's id is known).
@@ -160,8 +164,12 @@ pub struct Stats {
     pub sends: usize,
     pub plain_sends: usize,
     pub kills: BTreeMap<&'static str, usize>,
-    pub recovered_true: usize,
-    pub recovered_false: usize,
+    /// `recovered` true / false at the members' logins under load.
+    pub load_true: usize,
+    pub load_false: usize,
+    /// `recovered` true / false at the probes.
+    pub probe_true: usize,
+    pub probe_false: usize,
     pub recovered_missing: usize,
     pub since_logins: usize,
     pub probes: usize,
@@ -233,6 +241,7 @@ impl Model {
             received: HashSet::new(),
             logins_sent: HashMap::new(),
             final_drain_done: false,
+            away_until: 0,
         });
     }
 
@@ -405,7 +414,11 @@ impl Model {
                 self.violate(Check::RecoveredField, format!("probe of room {room}, since {since}: {d}"));
             }
             Ok(got) => {
-                self.count_recovered(got);
+                if got {
+                    self.stats.probe_true += 1;
+                } else {
+                    self.stats.probe_false += 1;
+                }
                 if got != expect {
                     let check = if got { Check::RecoveredTrue } else { Check::RecoveredFalse };
                     let d = format!(
@@ -414,14 +427,6 @@ impl Model {
                     self.violate(check, d);
                 }
             }
-        }
-    }
-
-    fn count_recovered(&mut self, got: bool) {
-        if got {
-            self.stats.recovered_true += 1;
-        } else {
-            self.stats.recovered_false += 1;
         }
     }
 
@@ -454,7 +459,7 @@ impl Model {
                 );
             }
             Ok(true) => {
-                self.count_recovered(true);
+                self.stats.load_true += 1;
                 let missed: Vec<u64> = self
                     .cids
                     .values()
@@ -475,7 +480,7 @@ impl Model {
                 }
             }
             Ok(false) => {
-                self.count_recovered(false);
+                self.stats.load_false += 1;
                 let cycle = self.cycle;
                 self.false_logins.push(SinceLogin { who: who.into(), room: room.into(), since, own_at, cycle });
             }
