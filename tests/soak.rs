@@ -17,6 +17,18 @@ use std::time::{Duration, Instant};
 const ROOMS: usize = 8;
 const CHATTERS: usize = 40;
 
+/// Bytes in the files under `dir` (the data dir: sled's segments and snapshots).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 /// (RSS in KiB, open files) of `pid`.
 fn sample(pid: u32) -> (u64, usize) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -78,6 +90,7 @@ async fn soak() {
     let secs: u64 = std::env::var("NATTER_SOAK_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
     let s = Server::start(ServerOpts::new().arg("--heartbeat", 5)).await;
     let pid = s.pid();
+    let data_dir = s.data_dir.clone();
     let until = Instant::now() + Duration::from_secs(secs);
     let server = std::sync::Arc::new(s);
     let users: Vec<_> = (0..CHATTERS)
@@ -91,7 +104,8 @@ async fn soak() {
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_secs(10).min(until.saturating_duration_since(Instant::now()))).await;
         let (rss, fds) = sample(pid);
-        println!("t={:>4}s rss={:>7} KiB open_files={fds}", start.elapsed().as_secs(), rss);
+        let disk = dir_bytes(&data_dir) >> 10;
+        println!("t={:>4}s rss={:>7} KiB open_files={fds} data_dir={disk} KiB", start.elapsed().as_secs(), rss);
         samples.push((rss, fds));
     }
     let (mut sent, mut received) = (0, 0);
