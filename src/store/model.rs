@@ -1,7 +1,7 @@
 //! A model test of the `Store` contract: seeded random operations applied to the sled backend
 //! and to the in-memory one (the model: plain maps and queues), with the sled store dropped
 //! and reopened on the same directory now and then, and every observable answer compared
-//! after each step. (A kill -9 is not possible inside a test process: `tests/crash.rs` kills the
+//! after each step. (A kill -9 is not possible inside a test process: `tests/crash/` kills the
 //! real server for that.)
 
 use super::memory::MemoryStore;

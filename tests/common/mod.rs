@@ -6,7 +6,7 @@
 //! - [`Client`]: a tokio-tungstenite client (ws or wss) with JSON helpers.
 //! - [`RawWs`]: a hand-rolled WebSocket client writing raw frame bytes, for RFC 6455 violations.
 //! - [`http_get`] / [`raw_http`] / [`metrics`]: minimal HTTP/1.1 over TCP or TLS.
-//! - [`oracle`]: the crash oracle's model and checks (used by tests/crash.rs; not re-exported).
+//! - [`oracle`]: the crash oracle's model and checks (used by tests/crash/; not re-exported).
 //! - [`Rng`]: a tiny seeded PRNG for reproducible plans.
 //!
 //! Set `NATTER_TEST_STDERR=inherit` to see the server's logs on the test's stderr; by default

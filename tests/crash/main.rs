@@ -3,7 +3,7 @@
 //! come back, members that reconnect with `since`), SIGKILLs it at seeded random moments
 //! (during startup, under load, during a login drain, during the reconnect wave), restarts it
 //! on the same data dir, and checks what PROTOCOL.md promises across crashes. The model and the
-//! checks live in common/oracle.rs.
+//! checks live in common/oracle/.
 //!
 //! Env: `NATTER_CRASH_CYCLES` (default 30), `NATTER_CRASH_SEED` (decimal or 0x-hex; default
 //! fixed), `NATTER_CRASH_REPORT=docs/RELIABILITY.md` (append a result summary there),

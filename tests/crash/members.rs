@@ -2,20 +2,21 @@
 //! since-members), read, and go away: close, `leave` (and now and then stay away for several
 //! runs), or drop the connection in the middle of the drain.
 
+use super::epoch::{is_pong, next, Got};
 use super::*;
 
 pub(crate) struct MemberSpec {
-    uid: &'static str,
-    rooms: &'static [&'static str],
-    by_since: bool,
+    pub(crate) uid: &'static str,
+    pub(crate) rooms: &'static [&'static str],
+    pub(crate) by_since: bool,
 }
 
 /// One login of a member to one room, on the current connection.
 pub(crate) struct RoomLogin {
-    room: &'static str,
-    since: Option<u64>,
-    sent_at: Instant,
-    own: Option<(Value, Instant)>,
+    pub(crate) room: &'static str,
+    pub(crate) since: Option<u64>,
+    pub(crate) sent_at: Instant,
+    pub(crate) own: Option<(Value, Instant)>,
 }
 
 #[derive(Clone, Copy)]
@@ -27,14 +28,14 @@ pub(crate) enum Style {
 }
 
 pub(crate) struct MemberConn<'a> {
-    spec: &'a MemberSpec,
-    c: Client,
-    view: ConnView,
-    logins: Vec<RoomLogin>,
-    alive: bool,
-    ponged: Option<Instant>,
-    catch_up_seen: usize,
-    final_drain: bool,
+    pub(crate) spec: &'a MemberSpec,
+    pub(crate) c: Client,
+    pub(crate) view: ConnView,
+    pub(crate) logins: Vec<RoomLogin>,
+    pub(crate) alive: bool,
+    pub(crate) ponged: Option<Instant>,
+    pub(crate) catch_up_seen: usize,
+    pub(crate) final_drain: bool,
 }
 
 impl MemberConn<'_> {

@@ -71,7 +71,7 @@ pub(crate) fn write_report(path: &str, m: &Model, cycles: usize, took: Duration,
     let mut s = String::new();
     if !path.exists() {
         s.push_str(
-            "# Reliability\n\nResults of the crash oracle (`tests/crash.rs`): the real binary under load, SIGKILLed at\nseeded random moments (startup, load, a login drain, the reconnect wave) and restarted on the\nsame data dir, checked against PROTOCOL.md's guarantees after every cycle. Long mode:\n`NATTER_CRASH_CYCLES=1000 NATTER_CRASH_REPORT=docs/RELIABILITY.md cargo test --release --test crash -- --nocapture`.\n",
+            "# Reliability\n\nResults of the crash oracle (`tests/crash/`): the real binary under load, SIGKILLed at\nseeded random moments (startup, load, a login drain, the reconnect wave) and restarted on the\nsame data dir, checked against PROTOCOL.md's guarantees after every cycle. Long mode:\n`NATTER_CRASH_CYCLES=1000 NATTER_CRASH_REPORT=docs/RELIABILITY.md cargo test --release --test crash -- --nocapture`.\n",
         );
     }
     let kills: Vec<String> = m.stats.kills.iter().map(|(k, v)| format!("{k}: {v}")).collect();

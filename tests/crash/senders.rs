@@ -1,27 +1,28 @@
 //! The crash oracle's senders: publish with cids (or plain chat), resend every unacked cid in
 //! order after each reconnect, and now and then resend an acked one (it must not publish twice).
 
+use super::epoch::{count_error, is_pong, next, Got};
 use super::*;
 
 /// A sender across runs: what it has not seen acked yet is resent, same cid, after every
 /// reconnect (as the chat page does).
 pub(crate) struct SenderState {
-    uid: &'static str,
-    rooms: &'static [&'static str],
-    with_cid: bool,
-    next: u64,
+    pub(crate) uid: &'static str,
+    pub(crate) rooms: &'static [&'static str],
+    pub(crate) with_cid: bool,
+    pub(crate) next: u64,
     /// Sent, not acked, in sending order.
-    outstanding: Vec<String>,
+    pub(crate) outstanding: Vec<String>,
     /// Recently acked, for deliberate duplicate sends.
-    acked: Vec<String>,
-    rng: Rng,
+    pub(crate) acked: Vec<String>,
+    pub(crate) rng: Rng,
 }
 
 pub(crate) struct SenderConn {
-    c: Client,
-    view: ConnView,
-    alive: bool,
-    ponged: bool,
+    pub(crate) c: Client,
+    pub(crate) view: ConnView,
+    pub(crate) alive: bool,
+    pub(crate) ponged: bool,
 }
 
 impl SenderConn {

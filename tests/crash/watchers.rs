@@ -1,6 +1,7 @@
 //! The crash oracle's observers: the witness (logs in first in every run and reads everything:
 //! the room order and presence) and the probes (logins with chosen `since` at a quiet moment).
 
+use super::epoch::{count_error, is_pong, next, Got};
 use super::*;
 
 /// Logs in to every room before anyone else and records the live order of messages, logins
@@ -59,7 +60,6 @@ pub(crate) async fn witness_run(port: u16, m: Shared, ready: oneshot::Sender<()>
         }
     }
 }
-
 
 /// At a quiet moment (every cid acked, nothing being published), fresh uids log in to `room`
 /// with chosen `since` values around the edge of the history window, and `leave` again.

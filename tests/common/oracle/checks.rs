@@ -280,5 +280,4 @@ impl Model {
             self.violate_at(Check::Dedupe, cycle, d);
         }
     }
-
 }
