@@ -272,3 +272,18 @@ async fn slow_reader_is_disconnected_and_the_room_goes_on() {
     wait_for(Duration::from_secs(10), "3 connections in /healthz", || async { healthz(&s).await["connections"] == 3 })
         .await;
 }
+
+/// A second server on a running server's data dir stops with a message naming `--data`, after
+/// waiting a little for the lock (a handle just dropped lets go of it late), and the first one
+/// goes on serving.
+#[tokio::test]
+async fn a_second_server_on_the_same_data_dir_is_refused() {
+    let s = Server::start(ServerOpts::new()).await;
+    let data = s.data_dir.to_str().unwrap().to_string();
+    let (st, _, err) = run_natter(&["serve", "--listen", "127.0.0.1:0", "--data", &data, "--jwt-secret", SECRET]);
+    assert!(!st.success());
+    assert!(err.contains("--data") && err.contains("in use"), "{err}");
+    let (mut a, _) = two_in_room(&s, "still-up").await;
+    a.say("still-up", "hello").await;
+    assert_eq!(a.recv_event("message").await["message"], "hello");
+}

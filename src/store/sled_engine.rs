@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -96,14 +97,30 @@ impl Engine {
 }
 
 /// Opens the data dir; a panic inside sled (it has some on corrupted segments) becomes an error.
+/// How long an open waits for the directory's lock: a handle of this process that was just
+/// dropped lets go of it only when sled's background threads are done with it.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
 fn open_db(dir: &Path) -> Result<sled::Db> {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let opened = std::panic::catch_unwind(|| sled::Config::new().path(dir).cache_capacity(64 << 20).open());
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let opened = loop {
+        let r = std::panic::catch_unwind(|| sled::Config::new().path(dir).cache_capacity(64 << 20).open());
+        match &r {
+            Ok(Err(e)) if lock_held(e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            _ => break r,
+        }
+    };
     std::panic::set_hook(hook);
     let hint = "a damaged store: restore --data from a backup, or move it away to start afresh";
     match opened {
         Ok(Ok(db)) => Ok(db),
+        Ok(Err(e)) if lock_held(&e) => {
+            Err(anyhow::anyhow!("--data: the store in {} is in use (is another natter running on it?)", dir.display()))
+        }
         Ok(Err(e @ (sled::Error::Corruption { .. } | sled::Error::Unsupported(_)))) => {
             Err(anyhow::anyhow!("--data: cannot open the store in {}: {e} ({hint})", dir.display()))
         }
@@ -112,6 +129,12 @@ fn open_db(dir: &Path) -> Result<sled::Db> {
             Err(anyhow::anyhow!("--data: cannot open the store in {}: sled failed reading it ({hint})", dir.display()))
         }
     }
+}
+
+/// sled's "could not acquire lock" (it reports the failed `flock` as a plain I/O error with
+/// that text).
+fn lock_held(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 
 /// The database and the file beside it name the same store; a new store gets both.
