@@ -49,7 +49,7 @@ start() {
   port_of[$name]=$port
   pid_of[$name]=$pid
 }
-lim=(--rate-per-sec 1000000 --rate-burst 1000000 --max-connections-per-uid 100000)
+lim=(--rate-per-sec 1000000 --rate-burst 1000000 --max-connections-per-uid 100000 --max-connections-per-ip 100000)
 start natter-ws 9401 "$natter" serve --listen 127.0.0.1:9401 --data "$work/ws" --jwt-secret $SECRET "${lim[@]}"
 start natter-wss 9402 "$natter" serve --dev --listen 127.0.0.1:9402 --data "$work/wss" --jwt-secret $SECRET "${lim[@]}"
 start raw-tcp 9405 "$raw" 127.0.0.1:9405

@@ -84,6 +84,10 @@ pub struct ServeArgs {
     /// Development mode: self-signed localhost cert in certs/dev/, random secret, GET /dev/token.
     #[arg(long, env = "NATTER_DEV")]
     pub dev: bool,
+    /// Comma-separated proxies (CIDRs or addresses) whose X-Forwarded-For names the client for
+    /// the per-address connection limit.
+    #[arg(long, env = "NATTER_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -138,6 +142,13 @@ pub struct LimitArgs {
     /// Rooms one connection may be in at once.
     #[arg(long, env = "NATTER_MAX_ROOMS_PER_CONNECTION", default_value_t = 64)]
     pub max_rooms_per_connection: usize,
+    /// Accepted connections in all (handshaking, HTTP or WebSocket) before 503 [default: the
+    /// open-file limit minus 128, at least half of it].
+    #[arg(long, env = "NATTER_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Accepted connections per client address (IPv6: per /64) before 503.
+    #[arg(long, env = "NATTER_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: usize,
 }
 
 #[derive(Args, Debug)]
@@ -186,6 +197,8 @@ impl LimitArgs {
             ("--offline-max", self.offline_max),
             ("--history-max", self.history_max),
             ("--max-rooms-per-connection", self.max_rooms_per_connection),
+            ("--max-connections", self.max_connections.unwrap_or(1)),
+            ("--max-connections-per-ip", self.max_connections_per_ip),
         ];
         for (flag, v) in positive {
             if v == 0 {
@@ -212,6 +225,8 @@ impl LimitArgs {
             offline_ttl: self.offline_ttl,
             history_max: self.history_max,
             max_rooms_per_connection: self.max_rooms_per_connection,
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
         })
     }
 }
@@ -272,6 +287,12 @@ impl ServeArgs {
             }
             allowed_origins.push(o);
         }
+        let trusted_proxies = self
+            .trusted_proxies
+            .iter()
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| crate::admission::Cidr::parse(p).map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Config {
             listen: self.listen,
             tls,
@@ -282,6 +303,7 @@ impl ServeArgs {
             heartbeat: self.heartbeat,
             allowed_origins,
             dev: self.dev,
+            trusted_proxies,
             limits,
         })
     }

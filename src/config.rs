@@ -30,6 +30,11 @@ pub struct Limits {
     pub history_max: usize,
     /// Rooms one connection may be in at once.
     pub max_rooms_per_connection: usize,
+    /// Accepted sockets in all; None: derived from the open-file limit at start
+    /// (`admission::default_max_connections`).
+    pub max_connections: Option<usize>,
+    /// Accepted sockets per client address (IPv6: per /64).
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for Limits {
@@ -51,6 +56,8 @@ impl Default for Limits {
             offline_ttl: Duration::from_secs(7 * 24 * 3600),
             history_max: 1_000,
             max_rooms_per_connection: 64,
+            max_connections: None,
+            max_connections_per_ip: 256,
         }
     }
 }
@@ -78,5 +85,7 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Enables `/dev/token`.
     pub dev: bool,
+    /// Peers whose `X-Forwarded-For` names the client that per-address limits count.
+    pub trusted_proxies: Vec<crate::admission::Cidr>,
     pub limits: Limits,
 }

@@ -1,5 +1,6 @@
-//! The HTTP side: routes (`/healthz`, `/metrics`, the page, `/dev/token`) and the checks a
-//! WebSocket upgrade must pass (well-formed request, version, Origin) before a session starts.
+//! The HTTP side: admission of each request (503 over a connection limit), routes
+//! (`/healthz`, `/metrics`, the page, `/dev/token`) and the checks a WebSocket upgrade must pass
+//! (well-formed request, version, Origin) before a session starts.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -8,11 +9,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderMap, HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::{Admission, Reason, Ticket, RETRY_AFTER_SECS};
 use crate::session::{self, Env, Upgrade};
 
 const SUBPROTOCOL: &str = "natter.v1";
@@ -30,6 +32,8 @@ pub struct App {
     pub page: crate::assets::Page,
     pub shutdown: CancellationToken,
     pub sessions: TaskTracker,
+    /// Connection limits; every accepted socket holds a ticket from it.
+    pub admission: Arc<Admission>,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -45,14 +49,18 @@ fn text(status: StatusCode, body: &'static str) -> Resp {
     respond(status, "text/plain; charset=utf-8", body)
 }
 
-pub async fn handle(app: Arc<App>, mut req: Request<Incoming>) -> Result<Resp, Infallible> {
+/// One request on a connection holding `ticket` (a session started here holds it too).
+pub(crate) async fn handle(app: Arc<App>, ticket: Arc<Ticket>, mut req: Request<Incoming>) -> Result<Resp, Infallible> {
+    if let Err(reason) = ticket.admit_request(req.headers()) {
+        return Ok(unavailable(reason));
+    }
     let h = req.headers();
     let wants_ws = h.contains_key(hyper::header::UPGRADE)
         || h.contains_key("sec-websocket-key")
         || h.contains_key("sec-websocket-version");
     let path = req.uri().path();
     if wants_ws && (path == "/" || path == "/ws") {
-        return Ok(upgrade(&app, &mut req));
+        return Ok(upgrade(&app, ticket, &mut req));
     }
     if matches!(*req.method(), Method::GET | Method::HEAD) {
         // HEAD gets the same headers; hyper leaves the body out.
@@ -67,6 +75,18 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>) -> Result<Resp, I
         (&Method::GET, "/dev/token") if app.dev_secret.is_some() => dev_token(&app, req.uri().query()),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     })
+}
+
+/// Over a connection limit: 503, come back in a few seconds, and this connection closes.
+fn unavailable(reason: Reason) -> Resp {
+    let body = match reason {
+        Reason::MaxConnections => "server full: too many connections, retry later\n",
+        Reason::PerIp => "too many connections from your address, retry later\n",
+    };
+    let mut r = text(StatusCode::SERVICE_UNAVAILABLE, body);
+    r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 fn page_file(asset: &crate::assets::Asset) -> Resp {
@@ -102,7 +122,7 @@ fn dev_token(app: &App, query: Option<&str>) -> Resp {
     }
 }
 
-fn upgrade(app: &App, req: &mut Request<Incoming>) -> Resp {
+fn upgrade(app: &App, ticket: Arc<Ticket>, req: &mut Request<Incoming>) -> Resp {
     let up = match check_upgrade(req, &app.allowed_origins, app.tls) {
         Ok(up) => up,
         Err(reject) => return reject.response(),
@@ -117,6 +137,8 @@ fn upgrade(app: &App, req: &mut Request<Incoming>) -> Resp {
     let env = app.env.clone();
     let shutdown = app.shutdown.clone();
     app.sessions.spawn(async move {
+        // The socket stays counted until the session ends.
+        let _ticket = ticket;
         match fut.await {
             Ok(ws) => session::run(ws.into_inner(), env, up, shutdown).await,
             Err(e) => tracing::debug!("upgrade failed: {e}"),
@@ -340,6 +362,16 @@ mod tests {
         let r = Reject::Version.response();
         assert_eq!(r.status(), StatusCode::UPGRADE_REQUIRED);
         assert_eq!(r.headers()["sec-websocket-version"], "13");
+    }
+
+    #[test]
+    fn over_a_limit_is_503_with_retry_after_and_close() {
+        for reason in Reason::ALL {
+            let r = unavailable(reason);
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(r.headers()[RETRY_AFTER], RETRY_AFTER_SECS.to_string().as_str());
+            assert_eq!(r.headers()[CONNECTION], "close");
+        }
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! natter: a self-hosted real-time chat server (library half; `main.rs` is the CLI).
 //!
-//! Data flows one way: `server` (accept, TLS) -> `http` (routes, upgrade) -> `session`
+//! Data flows one way: `server` (accept, `admission`, TLS) -> `http` (routes, upgrade) -> `session`
 //! (reader/writer tasks) -> `protocol` (decode) -> `hub` (rooms, presence) -> `store`.
 //! Fan-out goes back through each connection's `outbox`, held by the hub.
 
+pub mod admission;
 pub mod assets;
 pub mod auth;
 pub mod bench;

@@ -83,6 +83,8 @@ async fn wait_for_signal() {
 }
 
 async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Before anything opens files: connections are files too.
+    let nofile = natter::admission::raise_open_file_limit();
     let tls = match &cfg.tls {
         Some(files) => Some(tokio_rustls::TlsAcceptor::from(natter::tls::server_config(files)?)),
         None => None,
@@ -101,6 +103,13 @@ async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
 
     let metrics = Arc::new(natter::metrics::Metrics::default());
+    let admission = natter::admission::Admission::new(
+        cfg.limits.max_connections,
+        cfg.limits.max_connections_per_ip,
+        cfg.trusted_proxies.clone(),
+        nofile,
+        metrics.clone(),
+    );
     let hub = natter::hub::Hub::new(store.clone(), metrics.clone(), cfg.limits.max_connections_per_uid);
     let env =
         Arc::new(natter::session::Env { hub: hub.clone(), verifier: Arc::new(verifier), limits: cfg.limits.clone() });
@@ -119,6 +128,7 @@ async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
         dev_secret,
         shutdown: shutdown.clone(),
         sessions: tokio_util::task::TaskTracker::new(),
+        admission,
     });
 
     let flusher_stop = CancellationToken::new();

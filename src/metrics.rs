@@ -4,6 +4,8 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
+use crate::admission::Reason;
+
 #[derive(Default)]
 pub struct Counter(AtomicU64);
 
@@ -49,6 +51,14 @@ pub struct Metrics {
     pub errors_sent: Counter,
     /// Background tasks (flusher, heartbeat, housekeeping) restarted after ending early.
     pub task_restarts: Counter,
+    /// Accepted sockets open (handshaking, HTTP or WebSocket): what `--max-connections` counts.
+    pub sockets: Gauge,
+    /// Sockets answered 503 by admission control, by `admission::Reason`.
+    pub refused: [Counter; Reason::ALL.len()],
+    /// Sockets closed unread, far over a limit, by `admission::Reason`.
+    pub dropped: [Counter; Reason::ALL.len()],
+    /// Failed `accept` calls (out of descriptors, mostly).
+    pub accept_errors: Counter,
     closes: [Counter; CLOSE_CODES.len() + 1],
 }
 
@@ -65,6 +75,10 @@ impl Default for Metrics {
             auth_failures: Counter::default(),
             errors_sent: Counter::default(),
             task_restarts: Counter::default(),
+            sockets: Gauge::default(),
+            refused: Default::default(),
+            dropped: Default::default(),
+            accept_errors: Counter::default(),
             closes: Default::default(),
         }
     }
@@ -109,7 +123,36 @@ impl Metrics {
             "Background tasks restarted after a panic.",
             self.task_restarts.get().to_string(),
         );
+        metric(
+            "tcp_connections",
+            "gauge",
+            "Accepted TCP connections open (handshaking, HTTP or WebSocket).",
+            self.sockets.get().to_string(),
+        );
+        metric(
+            "accept_errors_total",
+            "counter",
+            "Failed accepts (out of file descriptors, mostly).",
+            self.accept_errors.get().to_string(),
+        );
         metric("uptime_seconds", "gauge", "Seconds since start.", self.started.elapsed().as_secs().to_string());
+        for (name, help, counters) in [
+            ("refused", "Connections over an admission limit answered 503, by limit.", &self.refused),
+            ("dropped", "Connections far over an admission limit closed unread, by limit.", &self.dropped),
+        ] {
+            let _ = writeln!(
+                s,
+                "# HELP natter_connections_{name}_total {help}\n# TYPE natter_connections_{name}_total counter"
+            );
+            for r in Reason::ALL {
+                let _ = writeln!(
+                    s,
+                    "natter_connections_{name}_total{{reason=\"{}\"}} {}",
+                    r.label(),
+                    counters[r as usize].get()
+                );
+            }
+        }
         let _ = writeln!(
             s,
             "# HELP natter_closes_total Connections closed, by close code.\n# TYPE natter_closes_total counter"

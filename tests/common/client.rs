@@ -29,6 +29,8 @@ pub struct ConnectOpts {
     pub headers: Vec<(String, String)>,
     /// SO_RCVBUF for the client socket (slow reader tests).
     pub recv_buffer: Option<u32>,
+    /// Local address to connect from (per-address limit tests; 127.0.0.0/8 on Linux).
+    pub source: Option<std::net::IpAddr>,
 }
 
 impl ConnectOpts {
@@ -83,7 +85,7 @@ impl Client {
 
     /// Connect, returning the HTTP status on a refused upgrade.
     pub async fn try_connect_with(server: &Server, opts: ConnectOpts) -> Result<Client, ConnectError> {
-        let io = server.connect_io_with(opts.recv_buffer).await;
+        let io = server.connect_io_opts(opts.recv_buffer, opts.source).await;
         let mut url = server.ws_url(opts.path.as_deref().unwrap_or("/ws"));
         if let Some(t) = &opts.query_token {
             url.push_str(if url.contains('?') { "&token=" } else { "?token=" });

@@ -1,4 +1,4 @@
-//! Minimal HTTP/1.1 over TCP or TLS: [`raw_http`], [`http_get`], [`healthz`], [`metrics`] /
+//! Minimal HTTP/1.1 over TCP or TLS: [`raw_http`] (also [`raw_http_io`] over a given stream), [`http_get`], [`healthz`], [`metrics`] /
 //! [`metric_value`], the hand-made [`upgrade_request`] and [`read_head`], and
 //! [`dropped_within`] for connections the server should drop.
 
@@ -60,7 +60,11 @@ pub fn upgrade_request(server: &Server, path: &str, extra: &[&str]) -> String {
 /// Send a raw request and read the response: head always; the body per Content-Length /
 /// chunked; for 101 no body; otherwise until EOF.
 pub async fn raw_http(server: &Server, request: &str) -> HttpResponse {
-    let mut io = server.connect_io().await;
+    raw_http_io(server.connect_io().await, request).await
+}
+
+/// [`raw_http`] over a stream already open (from another source address, say).
+pub async fn raw_http_io(mut io: BoxIo, request: &str) -> HttpResponse {
     io.write_all(request.as_bytes()).await.unwrap();
     io.flush().await.unwrap();
     let (head, mut rest) = read_head(&mut io).await;

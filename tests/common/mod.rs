@@ -1,7 +1,8 @@
 //! Shared helper for natter's black-box integration tests: module map, re-exports, constants.
 //!
 //! Everything here talks to the real binary (`CARGO_BIN_EXE_natter`) over sockets:
-//! - [`Server`]: spawn / kill / terminate / restart `natter serve` on a temp data dir.
+//! - [`Server`]: spawn / kill / terminate / restart `natter serve` on a temp data dir (also
+//!   with a given open-file limit); streams to it, also from a given local address.
 //! - [`token`] and friends: mint HS256 (and deliberately broken) JWTs.
 //! - [`Client`]: a tokio-tungstenite client (ws or wss) with JSON helpers.
 //! - [`RawWs`]: a hand-rolled WebSocket client writing raw frame bytes, for RFC 6455 violations.
@@ -19,7 +20,7 @@
 //! - `client`: [`Client`], [`ConnectOpts`], [`Incoming`], [`ConnectError`], [`two_in_room`],
 //!   [`two_in_room_as`] (receive side in `client/recv.rs`).
 //! - `raw`: [`RawWs`], [`RawFrame`], [`encode_frame`], opcodes and [`MASK`].
-//! - `http`: [`raw_http`], [`http_get`], [`healthz`], [`metrics`], [`metric_value`],
+//! - `http`: [`raw_http`], [`raw_http_io`], [`http_get`], [`healthz`], [`metrics`], [`metric_value`],
 //!   [`upgrade_request`], [`read_head`], [`dropped_within`].
 //! - `checks`: `assert_*` field-set checks and [`wait_for`].
 //! - `rng`: [`Rng`].
@@ -46,7 +47,8 @@ pub use {
     checks::{assert_keys, assert_login, assert_logout, assert_message, assert_ts, wait_for},
     client::{is_heartbeat_ping, two_in_room, two_in_room_as, Client, ConnectError, ConnectOpts, Incoming},
     http::{
-        dropped_within, healthz, http_get, metric_value, metrics, raw_http, read_head, upgrade_request, HttpResponse,
+        dropped_within, healthz, http_get, metric_value, metrics, raw_http, raw_http_io, read_head, upgrade_request,
+        HttpResponse,
     },
     raw::{encode_frame, RawFrame, RawWs, MASK, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT},
     rng::Rng,

@@ -9,7 +9,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpSocket;
+use std::net::{IpAddr, SocketAddr};
+
+use tokio::net::{TcpSocket, TcpStream};
 
 use super::{generate_tls, natter_bin, tls_client_config, BoxIo, TlsFiles, RECV_TIMEOUT, SECRET};
 
@@ -22,11 +24,13 @@ pub struct ServerOpts {
     pub data_dir: Option<PathBuf>,
     /// Fixed port (else 0).
     pub port: Option<u16>,
+    /// RLIMIT_NOFILE (soft, hard) the server process starts with.
+    pub nofile: Option<(u64, u64)>,
 }
 
 impl Default for ServerOpts {
     fn default() -> Self {
-        ServerOpts { secret: SECRET.to_string(), args: vec![], tls: false, data_dir: None, port: None }
+        ServerOpts { secret: SECRET.to_string(), args: vec![], tls: false, data_dir: None, port: None, nofile: None }
     }
 }
 
@@ -51,6 +55,11 @@ impl ServerOpts {
     }
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
+        self
+    }
+    /// Start the server with this open-file limit (soft, hard).
+    pub fn nofile(mut self, soft: u64, hard: u64) -> Self {
+        self.nofile = Some((soft, hard));
         self
     }
 }
@@ -122,6 +131,20 @@ impl Server {
             cmd.arg("--cert").arg(&t.cert_path).arg("--key").arg(&t.key_path);
         }
         cmd.args(&self.opts.args);
+        if let Some((soft, hard)) = self.opts.nofile {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+            // SAFETY: setrlimit is async-signal-safe and touches nothing of the parent's.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         cmd.stdin(Stdio::null()).stdout(Stdio::piped());
         if std::env::var("NATTER_TEST_STDERR").as_deref() == Ok("inherit") {
             cmd.stderr(Stdio::inherit());
@@ -294,9 +317,34 @@ impl Server {
     }
 
     pub async fn connect_io_with(&self, recv_buffer: Option<u32>) -> BoxIo {
+        self.connect_io_opts(recv_buffer, None).await
+    }
+
+    /// A TCP (or TLS) byte stream from the local address `source` (any of 127.0.0.0/8 works on
+    /// Linux without configuration), for tests of per-address limits.
+    pub async fn connect_io_from(&self, source: IpAddr) -> BoxIo {
+        self.connect_io_opts(None, Some(source)).await
+    }
+
+    /// A plain TCP connection from `source`, without TLS even on a TLS server.
+    pub async fn tcp_from(&self, source: IpAddr) -> TcpStream {
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::new(source, 0)).unwrap();
+        let tcp = tokio::time::timeout(RECV_TIMEOUT, sock.connect(self.addr().parse().unwrap()))
+            .await
+            .expect("tcp connect timeout")
+            .expect("tcp connect");
+        tcp.set_nodelay(true).unwrap();
+        tcp
+    }
+
+    pub async fn connect_io_opts(&self, recv_buffer: Option<u32>, source: Option<IpAddr>) -> BoxIo {
         let sock = TcpSocket::new_v4().unwrap();
         if let Some(n) = recv_buffer {
             sock.set_recv_buffer_size(n).unwrap();
+        }
+        if let Some(ip) = source {
+            sock.bind(SocketAddr::new(ip, 0)).unwrap();
         }
         let tcp = tokio::time::timeout(RECV_TIMEOUT, sock.connect(self.addr().parse().unwrap()))
             .await
