@@ -6,7 +6,17 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, JwtKey, Limits};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use crate::access::RoomPatterns;
+use crate::config::{Config, JwtConfig, JwtKey, Limits};
+
+/// Shortest HS256 secret accepted outside --dev, bytes (the key size of HMAC-SHA256).
+pub const MIN_SECRET_BYTES: usize = 32;
+/// --listen's default.
+const LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8443);
+/// --listen's default under --dev.
+const DEV_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8443);
 
 #[derive(Parser, Debug)]
 #[command(name = "natter", version, about = "A self-hosted real-time chat server over wss://")]
@@ -48,9 +58,10 @@ fn secs_or_zero(s: &str) -> Result<Duration, String> {
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Address to listen on (port 0 picks a free port; the real one is printed).
-    #[arg(long, env = "NATTER_LISTEN", default_value = "0.0.0.0:8443")]
-    pub listen: std::net::SocketAddr,
+    /// Address to listen on (port 0 picks a free port; the real one is printed). Default
+    /// 0.0.0.0:8443, or 127.0.0.1:8443 under --dev.
+    #[arg(long, env = "NATTER_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
     /// TLS certificate chain, PEM. With --key: serve https/wss.
     #[arg(long, env = "NATTER_CERT")]
     pub cert: Option<PathBuf>,
@@ -72,6 +83,19 @@ pub struct ServeArgs {
     /// Claim that holds the uid.
     #[arg(long, env = "NATTER_JWT_UID_CLAIM", default_value = "sub")]
     pub jwt_uid_claim: String,
+    /// Claim that lists the rooms a token allows (exact ids, `prefix*`, `*`).
+    #[arg(long, env = "NATTER_JWT_ROOMS_CLAIM", default_value = "rooms")]
+    pub jwt_rooms_claim: String,
+    /// Require this `aud` in every token.
+    #[arg(long, env = "NATTER_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Require this `iss` in every token.
+    #[arg(long, env = "NATTER_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Rooms a token without the rooms claim may join, comma-separated patterns (`lobby,help-*`,
+    /// `*`). Default: none, or `*` under --dev.
+    #[arg(long, env = "NATTER_PUBLIC_ROOMS")]
+    pub public_rooms: Option<String>,
     /// Clock leeway for exp/nbf, seconds.
     #[arg(long, env = "NATTER_JWT_LEEWAY", default_value = "5", value_parser = secs_or_zero)]
     pub jwt_leeway: Duration,
@@ -165,6 +189,35 @@ pub struct TokenArgs {
     /// Lifetime, seconds.
     #[arg(long, default_value_t = 86_400)]
     pub ttl: u64,
+    /// Rooms the token allows (`rooms` claim), comma-separated patterns: `team-*,lobby`, `*`.
+    /// Without it the server's --public-rooms apply.
+    #[arg(long)]
+    pub rooms: Option<String>,
+    /// `aud` claim.
+    #[arg(long)]
+    pub aud: Option<String>,
+    /// `iss` claim.
+    #[arg(long)]
+    pub iss: Option<String>,
+}
+
+impl TokenArgs {
+    /// The token this command prints.
+    pub fn mint(&self) -> anyhow::Result<String> {
+        let rooms = match &self.rooms {
+            Some(r) => {
+                Some(crate::access::RoomPatterns::parse_list(r).map_err(|e| anyhow::anyhow!("--rooms: {}", e.0))?)
+            }
+            None => None,
+        };
+        let claims = crate::auth::MintClaims {
+            name: self.name.as_deref(),
+            rooms: rooms.as_ref(),
+            audience: self.aud.as_deref(),
+            issuer: self.iss.as_deref(),
+        };
+        crate::auth::mint(self.secret.as_bytes(), &self.sub, &claims, Duration::from_secs(self.ttl))
+    }
 }
 
 #[derive(Args, Debug)]
@@ -250,9 +303,17 @@ impl ServeArgs {
         if given.iter().filter(|g| **g).count() > 1 {
             bail!("give only one of --jwt-secret, --jwt-secret-file, --jwt-public-key");
         }
+        // A short HS256 secret can be brute-forced offline from one token (docs/security.md).
+        let short = |len: usize| len < MIN_SECRET_BYTES && !self.dev;
         let jwt_key = if let Some(s) = &self.jwt_secret {
             if s.is_empty() {
                 bail!("--jwt-secret is empty");
+            }
+            if short(s.len()) {
+                bail!(
+                    "--jwt-secret is {} bytes: give at least {MIN_SECRET_BYTES} (e.g. `openssl rand -hex 32`)",
+                    s.len()
+                );
             }
             JwtKey::Secret(s.as_bytes().to_vec())
         } else if let Some(f) = &self.jwt_secret_file {
@@ -261,6 +322,13 @@ impl ServeArgs {
             let s = raw.trim_end_matches(['\r', '\n']);
             if s.is_empty() {
                 bail!("--jwt-secret-file: {} is empty", f.display());
+            }
+            if short(s.len()) {
+                bail!(
+                    "--jwt-secret-file: the secret in {} is {} bytes: give at least {MIN_SECRET_BYTES} (e.g. `openssl rand -hex 32`)",
+                    f.display(),
+                    s.len()
+                );
             }
             JwtKey::Secret(s.as_bytes().to_vec())
         } else if let Some(f) = &self.jwt_public_key {
@@ -273,9 +341,35 @@ impl ServeArgs {
         } else {
             bail!("no token key: give --jwt-secret, --jwt-secret-file or --jwt-public-key (or --dev)");
         };
+        let public_rooms = match &self.public_rooms {
+            Some(p) => RoomPatterns::parse_list(p).map_err(|e| anyhow::anyhow!("--public-rooms: {}", e.0))?,
+            None if self.dev => RoomPatterns::any(),
+            None => RoomPatterns::default(),
+        };
+        for (flag, v) in [("--jwt-rooms-claim", &self.jwt_rooms_claim), ("--jwt-uid-claim", &self.jwt_uid_claim)] {
+            if v.is_empty() {
+                bail!("{flag} is empty");
+            }
+        }
+        let nonempty = |flag: &str, v: &Option<String>| -> anyhow::Result<Option<String>> {
+            match v {
+                Some(s) if s.is_empty() => bail!("{flag} is empty"),
+                other => Ok(other.clone()),
+            }
+        };
+        let jwt = JwtConfig {
+            key: jwt_key,
+            uid_claim: self.jwt_uid_claim.clone(),
+            rooms_claim: self.jwt_rooms_claim.clone(),
+            leeway: self.jwt_leeway,
+            audience: nonempty("--jwt-audience", &self.jwt_audience)?,
+            issuer: nonempty("--jwt-issuer", &self.jwt_issuer)?,
+        };
         // Fail fast on an unusable key rather than on the first login.
-        crate::auth::Verifier::new(&jwt_key, &self.jwt_uid_claim, self.jwt_leeway, limits.max_token_bytes)
+        crate::auth::Verifier::new(&jwt, public_rooms.clone(), limits.max_token_bytes)
             .map_err(|e| anyhow::anyhow!("--jwt-public-key: {e}"))?;
+        // --dev hands out tokens to whoever asks: only this machine, unless told otherwise.
+        let listen = self.listen.unwrap_or(if self.dev { DEV_LISTEN } else { LISTEN });
         let mut allowed_origins = Vec::new();
         for o in &self.allowed_origins {
             let o = o.trim().trim_end_matches('/').to_ascii_lowercase();
@@ -294,12 +388,11 @@ impl ServeArgs {
             .map(|p| crate::admission::Cidr::parse(p).map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}")))
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Config {
-            listen: self.listen,
+            listen,
             tls,
             data_dir: self.data.clone(),
-            jwt_key,
-            jwt_uid_claim: self.jwt_uid_claim.clone(),
-            jwt_leeway: self.jwt_leeway,
+            jwt,
+            public_rooms,
             heartbeat: self.heartbeat,
             allowed_origins,
             dev: self.dev,

@@ -71,15 +71,30 @@ pub enum JwtKey {
     PublicPem(Vec<u8>),
 }
 
+/// How tokens are verified and what they are read for.
+#[derive(Clone)]
+pub struct JwtConfig {
+    pub key: JwtKey,
+    /// Claim that holds the uid.
+    pub uid_claim: String,
+    /// Claim that lists the rooms the token allows (docs/protocol.md, "Room permissions").
+    pub rooms_claim: String,
+    pub leeway: Duration,
+    /// When set, `aud` must be present and name it.
+    pub audience: Option<String>,
+    /// When set, `iss` must be present and equal it.
+    pub issuer: Option<String>,
+}
+
 #[derive(Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     /// Both or neither; validated at startup.
     pub tls: Option<crate::tls::TlsFiles>,
     pub data_dir: PathBuf,
-    pub jwt_key: JwtKey,
-    pub jwt_uid_claim: String,
-    pub jwt_leeway: Duration,
+    pub jwt: JwtConfig,
+    /// Rooms a token without the rooms claim may join.
+    pub public_rooms: crate::access::RoomPatterns,
     pub heartbeat: Duration,
     /// Extra allowed `Origin`s (`scheme://host[:port]`), lower-cased; same-host is always allowed.
     pub allowed_origins: Vec<String>,

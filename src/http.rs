@@ -26,14 +26,21 @@ pub struct App {
     pub allowed_origins: Vec<String>,
     /// Serving over TLS (for default ports in Origin checks).
     pub tls: bool,
-    /// `--dev`: the HS256 secret `/dev/token` signs with.
-    pub dev_secret: Option<Vec<u8>>,
+    /// `--dev` with an HS256 secret: what `/dev/token` signs with.
+    pub dev_tokens: Option<DevTokens>,
     /// The chat page's files.
     pub page: crate::assets::Page,
     pub shutdown: CancellationToken,
     pub sessions: TaskTracker,
     /// Connection limits; every accepted socket holds a ticket from it.
     pub admission: Arc<Admission>,
+}
+
+/// `/dev/token`'s secret and the claims the server requires of every token.
+pub struct DevTokens {
+    pub secret: Vec<u8>,
+    pub audience: Option<String>,
+    pub issuer: Option<String>,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -72,7 +79,7 @@ pub(crate) async fn handle(app: Arc<App>, ticket: Arc<Ticket>, mut req: Request<
     Ok(match (req.method(), path) {
         (&Method::GET, "/healthz") => respond(StatusCode::OK, "application/json", metrics.healthz()),
         (&Method::GET, "/metrics") => respond(StatusCode::OK, "text/plain; version=0.0.4", metrics.prometheus()),
-        (&Method::GET, "/dev/token") if app.dev_secret.is_some() => dev_token(&app, req.uri().query()),
+        (&Method::GET, "/dev/token") if app.dev_tokens.is_some() => dev_token(&app, req.uri().query()),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     })
 }
@@ -101,18 +108,35 @@ fn page_file(asset: &crate::assets::Asset) -> Resp {
     r
 }
 
-/// `GET /dev/token?uid=U&name=N` (only with `--dev`): a 24 h HS256 token.
+/// `GET /dev/token?uid=U&name=N&rooms=P` (only with `--dev`): a 24 h HS256 token; `rooms`
+/// (comma-separated patterns) adds the rooms claim.
 fn dev_token(app: &App, query: Option<&str>) -> Resp {
     let uid = query_param(query, "uid").unwrap_or_default();
     let name = query_param(query, "name").filter(|n| !n.is_empty());
-    if uid.is_empty() || uid.len() > crate::auth::MAX_UID_BYTES || uid.chars().any(char::is_control) {
-        return text(StatusCode::BAD_REQUEST, "uid must be 1 to 256 bytes\n");
+    if uid.is_empty() || uid.len() > crate::auth::MAX_UID_BYTES || uid.chars().any(crate::auth::hidden_char) {
+        return text(StatusCode::BAD_REQUEST, "uid must be 1 to 256 bytes, without control or format characters\n");
     }
     if name.as_deref().is_some_and(|n| !crate::auth::valid_name(n)) {
-        return text(StatusCode::BAD_REQUEST, "name must be 1 to 64 characters\n");
+        return text(
+            StatusCode::BAD_REQUEST,
+            "name must be 1 to 64 characters, without control or format characters\n",
+        );
     }
-    let secret = app.dev_secret.as_deref().expect("checked by the route");
-    match crate::auth::mint(secret, &uid, name.as_deref(), Duration::from_secs(24 * 3600)) {
+    let rooms = match query_param(query, "rooms").map(|r| crate::access::RoomPatterns::parse_list(&r)) {
+        None => None,
+        Some(Ok(r)) => Some(r),
+        Some(Err(_)) => {
+            return text(StatusCode::BAD_REQUEST, "rooms must be comma-separated room ids, prefix*, or *\n")
+        }
+    };
+    let dev = app.dev_tokens.as_ref().expect("checked by the route");
+    let claims = crate::auth::MintClaims {
+        name: name.as_deref(),
+        rooms: rooms.as_ref(),
+        audience: dev.audience.as_deref(),
+        issuer: dev.issuer.as_deref(),
+    };
+    match crate::auth::mint(&dev.secret, &uid, &claims, Duration::from_secs(24 * 3600)) {
         Ok(t) => {
             let mut r = respond(StatusCode::OK, "application/json", serde_json::json!({ "token": t }).to_string());
             r.headers_mut().insert("cache-control", HeaderValue::from_static("no-store"));

@@ -4,6 +4,7 @@
 //! (reader/writer tasks) -> `protocol` (decode) -> `hub` (rooms, presence) -> `store`.
 //! Fan-out goes back through each connection's `outbox`, held by the hub.
 
+pub mod access;
 pub mod admission;
 pub mod assets;
 pub mod auth;

@@ -23,10 +23,7 @@ fn main() {
         .init();
     let result = match cli.command {
         Command::Serve(args) => args.to_config().and_then(serve),
-        Command::Token(t) => {
-            natter::auth::mint(t.secret.as_bytes(), &t.sub, t.name.as_deref(), Duration::from_secs(t.ttl))
-                .map(|tok| println!("{tok}"))
-        }
+        Command::Token(t) => t.mint().map(|tok| println!("{tok}")),
         Command::Keys(k) => open_for_inspection(&k.data)
             .and_then(|s| natter::inspect::keys(&s, &k.pattern))
             .map(|names| print!("{}", natter::inspect::format_keys(&names))),
@@ -94,9 +91,8 @@ async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = Arc::new(SledStore::open(&cfg.data_dir, bounds(Some(&cfg)))?);
     store.clear_presence()?;
     let store: Arc<dyn Store> = store;
-    let verifier =
-        natter::auth::Verifier::new(&cfg.jwt_key, &cfg.jwt_uid_claim, cfg.jwt_leeway, cfg.limits.max_token_bytes)
-            .map_err(|e| anyhow::anyhow!("--jwt-public-key: {e}"))?;
+    let verifier = natter::auth::Verifier::new(&cfg.jwt, cfg.public_rooms.clone(), cfg.limits.max_token_bytes)
+        .map_err(|e| anyhow::anyhow!("--jwt-public-key: {e}"))?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("--listen: cannot listen on {}", cfg.listen))?;
@@ -113,8 +109,12 @@ async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let hub = natter::hub::Hub::new(store.clone(), metrics.clone(), cfg.limits.max_connections_per_uid);
     let env =
         Arc::new(natter::session::Env { hub: hub.clone(), verifier: Arc::new(verifier), limits: cfg.limits.clone() });
-    let dev_secret = match (&cfg.jwt_key, cfg.dev) {
-        (JwtKey::Secret(s), true) => Some(s.clone()),
+    let dev_tokens = match (&cfg.jwt.key, cfg.dev) {
+        (JwtKey::Secret(s), true) => Some(natter::http::DevTokens {
+            secret: s.clone(),
+            audience: cfg.jwt.audience.clone(),
+            issuer: cfg.jwt.issuer.clone(),
+        }),
         _ => None,
     };
     let app = Arc::new(natter::http::App {
@@ -122,10 +122,10 @@ async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
         allowed_origins: cfg.allowed_origins.clone(),
         tls: tls.is_some(),
         page: natter::assets::Page::new(&natter::assets::PageSettings {
-            dev: dev_secret.is_some(),
+            dev: dev_tokens.is_some(),
             heartbeat_ms: cfg.heartbeat.as_millis() as u64,
         }),
-        dev_secret,
+        dev_tokens,
         shutdown: shutdown.clone(),
         sessions: tokio_util::task::TaskTracker::new(),
         admission,

@@ -45,6 +45,10 @@ pub enum ErrorCode {
     RateLimited,
     BinaryUnsupported,
     TooManyConnections,
+    /// The token (or, without a `rooms` claim, the public rooms) does not allow the room.
+    ForbiddenRoom,
+    /// The uid is a member of as many rooms as it may be.
+    TooManyRooms,
     /// The store cannot take the write now (disk full, ...): nothing stored, no ack; resend.
     Unavailable,
     Internal,
@@ -61,6 +65,8 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::BinaryUnsupported => "binary_unsupported",
             ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::ForbiddenRoom => "forbidden_room",
+            ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -118,9 +124,17 @@ fn char_count_in(s: &str, min: usize, max: usize) -> bool {
     n >= min && n <= max
 }
 
+/// Longest room id, bytes.
+pub const MAX_ROOM_BYTES: usize = 64;
+
 /// 1 to 64 bytes of Unicode letters and digits, `-`, `_`, `.`.
 pub fn valid_room(r: &str) -> bool {
-    !r.is_empty() && r.len() <= 64 && r.chars().all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    !r.is_empty() && r.len() <= MAX_ROOM_BYTES && r.chars().all(room_char)
+}
+
+/// The alphabet of room ids (also of the prefixes in room permissions).
+pub fn room_char(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '-' | '_' | '.')
 }
 
 fn room_field(raw: Option<&RawValue>) -> Result<Option<String>, InputError> {
@@ -158,7 +172,10 @@ pub fn decode(text: &str, limits: DecodeLimits) -> Result<ClientEvent, InputErro
             let name = opt_string(env.name, "name")?;
             if let Some(n) = &name {
                 if !crate::auth::valid_name(n) {
-                    return Err(err(ErrorCode::BadField, "`name` must be 1 to 64 characters"));
+                    return Err(err(
+                        ErrorCode::BadField,
+                        "`name` must be 1 to 64 characters, without control or format characters",
+                    ));
                 }
             }
             let roomid = room_field(env.roomid)?.unwrap_or_else(|| DEFAULT_ROOM.to_string());

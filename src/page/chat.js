@@ -13,7 +13,9 @@ const RESEND_MS = 5_000;
 const PACE_PER_SEC = 10;
 const PACE_BURST = 20;
 /** Errors that answer a `login` (the others answer messages or the connection). */
-const LOGIN_ERRORS = new Set(['bad_room', 'bad_field', 'not_in_room', 'internal']);
+const LOGIN_ERRORS = new Set(['bad_room', 'bad_field', 'not_in_room', 'internal', 'forbidden_room', 'too_many_rooms']);
+/** A refreshed token that no longer allows a room: the server left it for us (docs/protocol.md). */
+const LEFT_FORBIDDEN = /^left room (\S+): /;
 const MAX_LOGIN_RETRIES = 3;
 
 export class Chat {
@@ -252,6 +254,14 @@ export class Chat {
       this.tokens = 0;
       this.pace = { perSec: Math.max(0.5, this.pace.perSec / 2), burst: Math.max(1, this.pace.burst / 2) };
       return; // the dropped message is resent once the pause is over
+    }
+    const left = ev.code === 'forbidden_room' && LEFT_FORBIDDEN.exec(ev.message);
+    if (left && this.rooms.get(left[1])) {
+      const room = this.rooms.get(left[1]);
+      room.joined = false;
+      room.failed = true;
+      view.roomFailed(room.id, `left ${room.id}: your new token does not allow it`);
+      return;
     }
     if (ev.code === 'too_many_connections') {
       this.conn.halt('too many connections for this user: close another tab, then retry');

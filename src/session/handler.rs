@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use tokio::sync::Notify;
 
+use crate::access::RoomPatterns;
 use crate::auth::{Identity, Rejected};
 use crate::hub::{Conn, HubError, Who};
 use crate::protocol::{self, ClientEvent, DecodeLimits, ErrorCode};
@@ -33,6 +34,8 @@ pub enum Flow {
 struct Authed {
     uid: String,
     token_name: Option<String>,
+    /// The rooms the current token allows (docs/protocol.md, "Room permissions").
+    rooms: Arc<RoomPatterns>,
 }
 
 /// Token bucket for `message` events, plus the strikes that end in close 1008.
@@ -123,11 +126,14 @@ impl Session {
                     self.error(ErrorCode::TooManyConnections, "too many connections for this uid");
                     return Flow::Close(1008, "too many connections");
                 }
-                self.auth = Some(Authed { uid: id.uid.clone(), token_name: id.name.clone() });
+                self.auth = Some(Authed { uid: id.uid.clone(), token_name: id.name.clone(), rooms: id.rooms.clone() });
             }
         }
-        if let (Some(a), Some(n)) = (self.auth.as_mut(), id.name) {
-            a.token_name = Some(n);
+        if let Some(a) = self.auth.as_mut() {
+            if id.name.is_some() {
+                a.token_name = id.name;
+            }
+            a.rooms = id.rooms;
         }
         self.clock.exp_ms.store(id.valid_until.saturating_mul(1000).max(1), Ordering::Relaxed);
         self.clock.changed.notify_one();
@@ -135,7 +141,19 @@ impl Session {
             let who = self.who();
             self.send(&protocol::auth_ok(who.uid, who.name, id.exp));
         }
+        self.leave_forbidden();
         Flow::Continue
+    }
+
+    /// After a token refresh: the rooms the new token does not allow are left as if by
+    /// `leave`, each with an `error` `forbidden_room` naming it, so the client knows why.
+    fn leave_forbidden(&mut self) {
+        let Some(a) = &self.auth else { return };
+        let gone: Vec<String> = self.rooms.iter().filter(|r| !a.rooms.allows(r)).cloned().collect();
+        for room in gone {
+            self.leave(&room);
+            self.error(ErrorCode::ForbiddenRoom, &format!("left room {room}: the refreshed token does not allow it"));
+        }
     }
 
     pub fn on_binary(&mut self) {
@@ -198,6 +216,11 @@ impl Session {
     }
 
     async fn login(&mut self, roomid: &str, since: Option<u64>) {
+        // Checked before anything touches the room: a refused login joins, replays and
+        // announces nothing, and creates no room state.
+        if !self.auth.as_ref().is_some_and(|a| a.rooms.allows(roomid)) {
+            return self.error(ErrorCode::ForbiddenRoom, &format!("this token does not allow room {roomid}"));
+        }
         let new_room = !self.rooms.iter().any(|r| r == roomid);
         if new_room && self.rooms.len() >= self.env.limits.max_rooms_per_connection {
             let detail = format!("a connection can be in at most {} rooms", self.env.limits.max_rooms_per_connection);

@@ -185,3 +185,27 @@ scenario('a reload after signing in does not ask for the token again', async (en
   assert.ok(await alice.page.locator('#join-token-row').isHidden(), 'no token box after a reload');
   await joinWithToken(alice, null, 'Alice');
 }, { natter: NON_DEV });
+
+// Room permissions (docs/protocol.md): a room the token does not allow gets a failed tab with the
+// server's reason, and the rooms it allows go on working.
+scenario('a room the token does not allow: its tab shows why, the others keep working', async (env) => {
+  const alice = await env.open('alice');
+  const p = alice.page;
+  await pageReady(p);
+  await joinWithToken(alice, mintToken({ sub: 'alice', name: 'Alice', rooms: 'lobby' }), 'Alice');
+  await p.fill('#add-room-id', 'secret');
+  await p.locator('#add-room [type="submit"], #add-room button').first().click();
+  const tab = p.locator('#rooms button.room-tab[data-room="secret"]');
+  await waitFor(async () => ((await tab.getAttribute('class')) ?? '').includes('failed'), 10_000,
+    'the secret tab is marked failed');
+  const why = await tab.getAttribute('title');
+  env.note(`failed tab title: ${why}`);
+  assert.match(why, /does not allow room secret/, 'the reason is the server\'s');
+  const text = 'lobby still works';
+  await p.locator('#rooms button.room-tab[data-room="lobby"]').click();
+  await send(p, text);
+  await waitFor(async () => {
+    const m = await withText(p, 'lobby', text);
+    return m.length === 1 && !m[0].cls.includes('pending');
+  }, 10_000, 'a message in lobby is acked');
+}, { natter: { dev: false, args: ['--public-rooms', ''] } });

@@ -104,8 +104,12 @@ export class Natter {
 
   #spawnOnce() {
     const gen = ++this.generation;
+    // Without --dev a token needs a rooms claim or public rooms: tokens without the claim may
+    // join every room here unless the scenario gives its own --public-rooms.
+    const publicRooms = this.dev || this.extraArgs.includes('--public-rooms') ? [] : ['--public-rooms', '*'];
     const args = ['serve', '--listen', `127.0.0.1:${this.port}`, '--data', this.data,
-      ...(this.dev ? ['--dev'] : []), '--jwt-secret', 'test-secret', '--heartbeat', '2', ...this.extraArgs];
+      ...(this.dev ? ['--dev'] : []), '--jwt-secret', TEST_SECRET, '--heartbeat', '2', ...publicRooms,
+      ...this.extraArgs];
     const proc = spawn(NATTER_BIN, args, { cwd: this.dir, stdio: ['ignore', 'pipe', 'pipe'] });
     children.add(proc);
     this.proc = proc;
@@ -317,10 +321,17 @@ export function scenario(title, fn, { timeout = 120_000, natter = {} } = {}) {
   });
 }
 
-/** An HS256 token from `natter token` (`secret` defaults to the one the harness starts natter with). */
-export function mintToken({ sub, name = null, ttl = 3600, secret = 'test-secret' }) {
+/** The HS256 secret the harness starts natter with (natter wants 32 bytes or more). */
+export const TEST_SECRET = 'natter-browser-test-secret-0123456789abcdef';
+
+/**
+ * An HS256 token from `natter token` (`secret` defaults to the one the harness starts natter
+ * with; `rooms`: comma-separated room patterns for the rooms claim).
+ */
+export function mintToken({ sub, name = null, ttl = 3600, secret = TEST_SECRET, rooms = null }) {
   const args = ['token', '--secret', secret, '--sub', sub, '--ttl', String(ttl)];
   if (name !== null) args.push('--name', name);
+  if (rooms !== null) args.push('--rooms', rooms);
   return execFileSync(NATTER_BIN, args, { encoding: 'utf8', timeout: 10_000 }).trim();
 }
 

@@ -15,7 +15,7 @@
 //!
 //! Every public name is re-exported here, so test files only need `use common::*;`:
 //! - `server`: [`ServerOpts`], [`Server`], [`run_natter`], [`run_serve`].
-//! - `tokens`: [`token`], [`token_claims`], [`alg_none_token`], [`b64url`].
+//! - `tokens`: [`token`], [`token_rooms`], [`token_claims`], [`alg_none_token`], [`b64url`].
 //! - `tls`: [`TlsFiles`], [`generate_tls`], [`tls_client_config`].
 //! - `client`: [`Client`], [`ConnectOpts`], [`Incoming`], [`ConnectError`], [`two_in_room`],
 //!   [`two_in_room_as`] (receive side in `client/recv.rs`).
@@ -54,7 +54,7 @@ pub use {
     rng::Rng,
     server::{run_natter, run_serve, Server, ServerOpts},
     tls::{generate_tls, tls_client_config, TlsFiles},
-    tokens::{alg_none_token, b64url, token, token_claims},
+    tokens::{alg_none_token, b64url, token, token_claims, token_rooms},
 };
 
 pub const SECRET: &str = "natter-test-secret-0123456789abcdef";

@@ -26,11 +26,22 @@ pub struct ServerOpts {
     pub port: Option<u16>,
     /// RLIMIT_NOFILE (soft, hard) the server process starts with.
     pub nofile: Option<(u64, u64)>,
+    /// `--public-rooms`: `*` by default, so that the tests written before room permissions
+    /// (tokens without a rooms claim) run unchanged; None leaves the flag out (no public rooms).
+    pub public_rooms: Option<String>,
 }
 
 impl Default for ServerOpts {
     fn default() -> Self {
-        ServerOpts { secret: SECRET.to_string(), args: vec![], tls: false, data_dir: None, port: None, nofile: None }
+        ServerOpts {
+            secret: SECRET.to_string(),
+            args: vec![],
+            tls: false,
+            data_dir: None,
+            port: None,
+            nofile: None,
+            public_rooms: Some("*".into()),
+        }
     }
 }
 
@@ -51,6 +62,11 @@ impl ServerOpts {
     }
     pub fn tls(mut self) -> Self {
         self.tls = true;
+        self
+    }
+    /// `--public-rooms PATTERNS`, or None for the server's default (no public rooms).
+    pub fn public_rooms(mut self, patterns: Option<&str>) -> Self {
+        self.public_rooms = patterns.map(str::to_string);
         self
     }
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
@@ -129,6 +145,9 @@ impl Server {
             .arg(&self.opts.secret);
         if let Some(t) = &self.tls {
             cmd.arg("--cert").arg(&t.cert_path).arg("--key").arg(&t.key_path);
+        }
+        if let Some(p) = &self.opts.public_rooms {
+            cmd.arg("--public-rooms").arg(p);
         }
         cmd.args(&self.opts.args);
         if let Some((soft, hard)) = self.opts.nofile {

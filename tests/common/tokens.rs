@@ -15,6 +15,11 @@ pub fn token(uid: &str, name: Option<&str>, ttl_secs: i64) -> String {
     token_claims(SECRET, &claims)
 }
 
+/// Like [`token`] (1 h), with the `rooms` claim: the room patterns the token allows.
+pub fn token_rooms(uid: &str, rooms: &[&str]) -> String {
+    token_claims(SECRET, &json!({ "sub": uid, "exp": now_secs() + 3600, "rooms": rooms }))
+}
+
 /// HS256 token with arbitrary claims and secret.
 pub fn token_claims(secret: &str, claims: &Value) -> String {
     use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
