@@ -23,7 +23,8 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
     rd.flatten()
         .map(|e| match e.metadata() {
             Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-            Ok(m) => m.len(),
+            // Allocated, not apparent: sled's files may have holes.
+            Ok(m) => std::os::unix::fs::MetadataExt::blocks(&m) * 512,
             Err(_) => 0,
         })
         .sum()
@@ -43,9 +44,11 @@ fn sample(pid: u32) -> (u64, usize) {
 }
 
 /// One simulated user for `until`: chats, changes rooms, drops and reconnects with `since`.
-async fn user(s: &Server, i: usize, until: Instant) -> (u64, u64) {
+/// Returns (sent, received, sessions the server closed: a catch-up bigger than the outbox ends
+/// in close 1013 by design, and the next session goes on from there).
+async fn user(s: &Server, i: usize, until: Instant) -> (u64, u64, u64) {
     let uid = format!("soak{i}");
-    let (mut sent, mut received) = (0u64, 0u64);
+    let (mut sent, mut received, mut closed) = (0u64, 0u64, 0u64);
     let mut last_id = std::collections::HashMap::<String, u64>::new();
     let mut seq = 0u64;
     while Instant::now() < until {
@@ -55,21 +58,37 @@ async fn user(s: &Server, i: usize, until: Instant) -> (u64, u64) {
         c.send_json(&json!({"event":"login","roomid":room,"since":since})).await;
         // A session: a few dozen messages at a human-ish pace, reading everything.
         let session_end = Instant::now() + Duration::from_millis(2_000 + (i as u64 * 137) % 3_000);
-        while Instant::now() < session_end && Instant::now() < until {
+        let mut open = true;
+        'session: while open && Instant::now() < session_end && Instant::now() < until {
             seq += 1;
-            c.send_json(&json!({"event":"message","roomid":room,"message":format!("m{seq} from {uid}"),"cid":format!("{uid}-{seq}")})).await;
+            let msg = json!({"event":"message","roomid":room,"message":format!("m{seq} from {uid}"),"cid":format!("{uid}-{seq}")});
+            if !c.try_send_json(&msg).await {
+                break;
+            }
             sent += 1;
-            while let Some(v) = c.try_recv_json(Duration::from_millis(50)).await {
-                if v["event"] == "message" {
-                    received += 1;
-                    if let (Some(r), Some(id)) = (v["roomid"].as_str(), v["id"].as_u64()) {
-                        let e = last_id.entry(r.to_string()).or_insert(0);
-                        *e = (*e).max(id);
+            loop {
+                match c.recv(Duration::from_millis(50)).await {
+                    Incoming::Json(v) if v["event"] == "message" => {
+                        received += 1;
+                        if let (Some(r), Some(id)) = (v["roomid"].as_str(), v["id"].as_u64()) {
+                            let e = last_id.entry(r.to_string()).or_insert(0);
+                            *e = (*e).max(id);
+                        }
+                    }
+                    Incoming::Json(_) | Incoming::Text(_) | Incoming::Binary(_) => {}
+                    Incoming::Timeout => break,
+                    Incoming::Close(..) | Incoming::Eof(_) => {
+                        closed += 1;
+                        open = false;
+                        break 'session;
                     }
                 }
             }
         }
-        match seq % 3 {
+        if !open {
+            drop(c);
+        } else {
+            match seq % 3 {
             // Leaves the room for good (membership ends), then disconnects.
             0 => {
                 c.send_json(&json!({"event":"leave","roomid":room})).await;
@@ -79,9 +98,10 @@ async fn user(s: &Server, i: usize, until: Instant) -> (u64, u64) {
             1 => drop(c),
             _ => c.close().await,
         }
+        }
         tokio::time::sleep(Duration::from_millis(200 + (i as u64 * 31) % 500)).await;
     }
-    (sent, received)
+    (sent, received, closed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,19 +128,46 @@ async fn soak() {
         println!("t={:>4}s rss={:>7} KiB open_files={fds} data_dir={disk} KiB", start.elapsed().as_secs(), rss);
         samples.push((rss, fds));
     }
-    let (mut sent, mut received) = (0, 0);
+    let (mut sent, mut received, mut closed) = (0, 0, 0);
     for u in users {
-        let (s, r) = u.await.unwrap();
+        let (s, r, c) = u.await.unwrap();
         sent += s;
         received += r;
+        closed += c;
     }
+    // What the store holds at the end, by key tag (after a clean stop): live data, to read the
+    // data dir's size against.
+    let mut server = std::sync::Arc::try_unwrap(server).ok().expect("every user is done");
+    server.terminate();
+    server.wait_exit(Duration::from_secs(30)).await;
+    let bounds = natter::store::Bounds {
+        history_max: 1000,
+        offline_max: 1000,
+        offline_ttl_ms: 7 * 24 * 3600 * 1000,
+        dedupe_ttl_ms: 600_000,
+    };
+    let store = natter::store::sled_store::SledStore::open(&data_dir, bounds).expect("reopen the store");
+    let mut tags = std::collections::BTreeMap::<char, (usize, usize)>::new();
+    for item in store.tree().expect("tree").iter() {
+        let (k, v) = item.expect("read");
+        let e = tags.entry(k.first().copied().unwrap_or(b'?') as char).or_insert((0, 0));
+        e.0 += 1;
+        e.1 += k.len() + v.len();
+    }
+    let live: usize = tags.values().map(|t| t.1).sum();
+    drop(store);
+    println!(
+        "store at the end: (keys, bytes) by tag {tags:?}; live {} KiB, data dir {} KiB",
+        live >> 10,
+        dir_bytes(&data_dir) >> 10
+    );
     // Warm-up: the first fifth of the run.
     let warm = &samples[samples.len() / 5..];
     let (first, last) = (warm.first().unwrap(), warm.last().unwrap());
     let max_rss = warm.iter().map(|s| s.0).max().unwrap();
     let max_fds = warm.iter().map(|s| s.1).max().unwrap();
     println!(
-        "soak: {secs} s, {CHATTERS} users in {ROOMS} rooms, {sent} messages sent, {received} received; \
+        "soak: {secs} s, {CHATTERS} users in {ROOMS} rooms, {sent} messages sent, {received} received, {closed} sessions closed by the server; \
          after warm-up RSS {} -> {} KiB (max {max_rss}), open files {} -> {} (max {max_fds})",
         first.0, last.0, first.1, last.1
     );
