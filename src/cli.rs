@@ -62,6 +62,10 @@ pub struct ServeArgs {
     /// 0.0.0.0:8443, or 127.0.0.1:8443 under --dev.
     #[arg(long, env = "NATTER_LISTEN")]
     pub listen: Option<std::net::SocketAddr>,
+    /// Serve `/metrics` (and `/healthz`) on this address instead, e.g. 127.0.0.1:9100; the main
+    /// port then answers /metrics with 404.
+    #[arg(long, env = "NATTER_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// TLS certificate chain, PEM. With --key: serve https/wss.
     #[arg(long, env = "NATTER_CERT")]
     pub cert: Option<PathBuf>,
@@ -389,6 +393,7 @@ impl ServeArgs {
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Config {
             listen,
+            metrics_listen: self.metrics_listen,
             tls,
             data_dir: self.data.clone(),
             jwt,

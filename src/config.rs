@@ -89,6 +89,8 @@ pub struct JwtConfig {
 #[derive(Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// `/metrics` and `/healthz` on this address instead of on `listen`.
+    pub metrics_listen: Option<SocketAddr>,
     /// Both or neither; validated at startup.
     pub tls: Option<crate::tls::TlsFiles>,
     pub data_dir: PathBuf,

@@ -34,6 +34,8 @@ pub struct App {
     pub sessions: TaskTracker,
     /// Connection limits; every accepted socket holds a ticket from it.
     pub admission: Arc<Admission>,
+    /// `/metrics` on this port: not when `--metrics-listen` gives it an address of its own.
+    pub metrics_here: bool,
 }
 
 /// `/dev/token`'s secret and the claims the server requires of every token.
@@ -78,10 +80,25 @@ pub(crate) async fn handle(app: Arc<App>, ticket: Arc<Ticket>, mut req: Request<
     let metrics = app.env.hub.metrics();
     Ok(match (req.method(), path) {
         (&Method::GET, "/healthz") => respond(StatusCode::OK, "application/json", metrics.healthz()),
-        (&Method::GET, "/metrics") => respond(StatusCode::OK, "text/plain; version=0.0.4", metrics.prometheus()),
+        (&Method::GET, "/metrics") if app.metrics_here => {
+            respond(StatusCode::OK, "text/plain; version=0.0.4", metrics.prometheus())
+        }
+        // It hands a token to whoever asks: this machine only, and not through a proxy.
+        (&Method::GET, "/dev/token") if app.dev_tokens.is_some() && !from_this_machine(&ticket, req.headers()) => {
+            text(StatusCode::FORBIDDEN, "/dev/token answers this machine only\n")
+        }
         (&Method::GET, "/dev/token") if app.dev_tokens.is_some() => dev_token(&app, req.uri().query()),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     })
+}
+
+/// The request came from a loopback address, directly (a proxy on this machine forwards others).
+fn from_this_machine(ticket: &Ticket, headers: &HeaderMap) -> bool {
+    let loopback = match ticket.peer() {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    };
+    loopback && !headers.contains_key("x-forwarded-for") && !headers.contains_key("forwarded")
 }
 
 /// Over a connection limit: 503, come back in a few seconds, and this connection closes.

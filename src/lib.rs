@@ -16,6 +16,7 @@ pub mod http;
 pub mod hub;
 pub mod inspect;
 pub mod metrics;
+pub mod metrics_http;
 pub mod outbox;
 pub mod protocol;
 pub mod server;

@@ -129,7 +129,15 @@ async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         sessions: tokio_util::task::TaskTracker::new(),
         admission,
+        metrics_here: cfg.metrics_listen.is_none(),
     });
+    if let Some(addr) = cfg.metrics_listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--metrics-listen: cannot listen on {addr}"))?;
+        tracing::info!("metrics on http://{}/metrics", l.local_addr()?);
+        tokio::spawn(natter::metrics_http::run(l, metrics.clone(), shutdown.clone()));
+    }
 
     let flusher_stop = CancellationToken::new();
     let flusher = {

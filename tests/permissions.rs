@@ -275,3 +275,69 @@ fn dev_listens_on_loopback_by_default() {
         "stdout {line:?}, stderr {err}"
     );
 }
+
+/// `/dev/token` mints tokens for anyone who asks: only for a loopback peer, and not for a request
+/// a proxy forwarded.
+#[tokio::test]
+async fn dev_token_answers_this_machine_only() {
+    let s = Server::start(ServerOpts::new().tls().flag("--dev")).await;
+    let ok = http_get(&s, "/dev/token?uid=dora&rooms=team-*").await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let tok: serde_json::Value = serde_json::from_str(&ok.body).unwrap();
+    let mut dora = connect_token(&s, "dora", tok["token"].as_str().unwrap()).await;
+    dora.login("team-1").await;
+    login_refused(&mut dora, "lobby", None).await;
+    let req = format!(
+        "GET /dev/token?uid=mallory HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nX-Forwarded-For: 203.0.113.9\r\nConnection: close\r\n\r\n",
+        s.port
+    );
+    let forwarded = raw_http(&s, &req).await;
+    assert_eq!(forwarded.status, 403, "{}", forwarded.body);
+    assert!(!forwarded.body.contains("token\""), "{}", forwarded.body);
+}
+
+/// `--metrics-listen`: `/metrics` moves to its own address, and the public port hides it.
+#[tokio::test]
+async fn metrics_listen_moves_metrics_off_the_public_port() {
+    let s = Server::start(ServerOpts::new().arg("--metrics-listen", "127.0.0.1:0")).await;
+    assert_eq!(http_get(&s, "/metrics").await.status, 404);
+    assert_eq!(http_get(&s, "/healthz").await.status, 200, "health checks stay on the main port");
+    let log = s.stderr();
+    let addr = log
+        .split("metrics on http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_else(|| panic!("no metrics address in the log: {log}"));
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut out)).await.unwrap().unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("natter_"), "{out}");
+}
+
+/// `login` and `leave` count toward the event rate: a loop over fresh room ids is cut off with
+/// `rate_limited` and then close 1008, and does not get to create room after room.
+#[tokio::test]
+async fn login_floods_are_rate_limited() {
+    let s = Server::start(ServerOpts::new().arg("--rate-per-sec", 5).arg("--rate-burst", 10)).await;
+    let (mut a, mut b) = two_in_room(&s, "calm").await;
+    let mut flood = Client::connect_as(&s, "flooder", None).await;
+    for i in 0..200 {
+        if !flood.try_send_json(&json!({"event":"login","roomid":format!("fresh-{i}")})).await {
+            break;
+        }
+    }
+    let (seen, code) = flood.recv_until_close(Duration::from_secs(10)).await;
+    let joined = seen.iter().filter(|v| v["event"] == "login").count();
+    let limited = seen.iter().filter(|v| v["code"] == "rate_limited").count();
+    assert_eq!(code, Some(1008), "closed for the rate: {seen:?}");
+    assert!(limited >= 1, "rate_limited before the close");
+    assert!(joined <= 12, "at most the burst (and what refilled) got in: {joined} logins");
+    // The room next door did not notice.
+    a.say("calm", "still fine").await;
+    assert_eq!(b.recv_event("message").await["message"], "still fine");
+}

@@ -89,15 +89,15 @@ async fn user(s: &Server, i: usize, until: Instant) -> (u64, u64, u64) {
             drop(c);
         } else {
             match seq % 3 {
-            // Leaves the room for good (membership ends), then disconnects.
-            0 => {
-                c.send_json(&json!({"event":"leave","roomid":room})).await;
-                c.close().await;
+                // Leaves the room for good (membership ends), then disconnects.
+                0 => {
+                    c.send_json(&json!({"event":"leave","roomid":room})).await;
+                    c.close().await;
+                }
+                // Drops without a word: stays a member, gets messages queued while away.
+                1 => drop(c),
+                _ => c.close().await,
             }
-            // Drops without a word: stays a member, gets messages queued while away.
-            1 => drop(c),
-            _ => c.close().await,
-        }
         }
         tokio::time::sleep(Duration::from_millis(200 + (i as u64 * 31) % 500)).await;
     }

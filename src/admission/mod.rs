@@ -229,6 +229,11 @@ impl Ticket {
         }
     }
 
+    /// The TCP peer's address.
+    pub(crate) fn peer(&self) -> IpAddr {
+        self.peer
+    }
+
     pub(crate) fn is_refused(&self) -> bool {
         self.refused.is_some()
     }

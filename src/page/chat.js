@@ -99,7 +99,7 @@ export class Chat {
       this.flush(room, true);
       return;
     }
-    if (b.error.code === 'internal' && room.retries < MAX_LOGIN_RETRIES) {
+    if (['internal', 'rate_limited'].includes(b.error.code) && room.retries < MAX_LOGIN_RETRIES) {
       // A store hiccup, or missed messages that could not be sent: log in again with `since`.
       room.retries += 1;
       if (/log in again/.test(b.error.message)) room.everJoined = true;
@@ -250,6 +250,9 @@ export class Chat {
       return;
     }
     if (ev.code === 'rate_limited') {
+      // Logins count toward the rate too: one refused here is tried again after the pause
+      // (a second login to a room is harmless if the refused event was a message instead).
+      if (head?.room && !head.error) head.error = ev;
       this.pausedUntil = Date.now() + 2000;
       this.tokens = 0;
       this.pace = { perSec: Math.max(0.5, this.pace.perSec / 2), burst: Math.max(1, this.pace.burst / 2) };

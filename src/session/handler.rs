@@ -193,13 +193,22 @@ impl Session {
                 self.send(&protocol::noauth(protocol::NOAUTH_TEXT));
                 return Flow::Continue;
             }
+            // Joins and leaves cost room state and broadcasts: they share the message rate.
             ClientEvent::Login { name, roomid, since } => {
+                if let Some(flow) = self.over_rate() {
+                    return flow;
+                }
                 if name.is_some() {
                     self.login_name = name;
                 }
                 self.login(&roomid, since).await;
             }
-            ClientEvent::Leave { roomid } => self.leave(&roomid),
+            ClientEvent::Leave { roomid } => {
+                if let Some(flow) = self.over_rate() {
+                    return flow;
+                }
+                self.leave(&roomid)
+            }
             ClientEvent::Message { roomid, text, cid } => return self.message(roomid, &text, cid.as_deref()),
         }
         Flow::Continue
@@ -263,19 +272,29 @@ impl Session {
         false
     }
 
+    /// The event rate (`message`, `login`, `leave` share one bucket): None when the event may
+    /// go on, else what to do instead (it is dropped with `rate_limited`; the third strike
+    /// within 10 s closes).
+    fn over_rate(&mut self) -> Option<Flow> {
+        if self.take_token() {
+            return None;
+        }
+        let now = Instant::now();
+        let strikes = &mut self.rate.strikes;
+        strikes.push_back(now);
+        while strikes.front().is_some_and(|t| now.duration_since(*t).as_secs() >= 10) {
+            strikes.pop_front();
+        }
+        self.error(ErrorCode::RateLimited, "too many events, slow down");
+        if self.rate.strikes.len() >= 3 {
+            return Some(Flow::Close(1008, "rate limit"));
+        }
+        Some(Flow::Continue)
+    }
+
     fn message(&mut self, roomid: Option<String>, text: &str, cid: Option<&str>) -> Flow {
-        if !self.take_token() {
-            let now = Instant::now();
-            let strikes = &mut self.rate.strikes;
-            strikes.push_back(now);
-            while strikes.front().is_some_and(|t| now.duration_since(*t).as_secs() >= 10) {
-                strikes.pop_front();
-            }
-            self.error(ErrorCode::RateLimited, "too many messages, slow down");
-            if self.rate.strikes.len() >= 3 {
-                return Flow::Close(1008, "rate limit");
-            }
-            return Flow::Continue;
+        if let Some(flow) = self.over_rate() {
+            return flow;
         }
         let roomid = match roomid {
             Some(r) if self.rooms.contains(&r) => r,
