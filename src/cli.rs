@@ -170,6 +170,9 @@ pub struct LimitArgs {
     /// Rooms one connection may be in at once.
     #[arg(long, env = "NATTER_MAX_ROOMS_PER_CONNECTION", default_value_t = 64)]
     pub max_rooms_per_connection: usize,
+    /// Rooms one uid may be a member of (memberships end with `leave`).
+    #[arg(long, env = "NATTER_MAX_ROOMS_PER_UID", default_value_t = 1_000)]
+    pub max_rooms_per_uid: usize,
     /// Accepted connections in all (handshaking, HTTP or WebSocket) before 503 [default: the
     /// open-file limit minus 128, at least half of it].
     #[arg(long, env = "NATTER_MAX_CONNECTIONS")]
@@ -254,6 +257,7 @@ impl LimitArgs {
             ("--offline-max", self.offline_max),
             ("--history-max", self.history_max),
             ("--max-rooms-per-connection", self.max_rooms_per_connection),
+            ("--max-rooms-per-uid", self.max_rooms_per_uid),
             ("--max-connections", self.max_connections.unwrap_or(1)),
             ("--max-connections-per-ip", self.max_connections_per_ip),
         ];
@@ -282,6 +286,7 @@ impl LimitArgs {
             offline_ttl: self.offline_ttl,
             history_max: self.history_max,
             max_rooms_per_connection: self.max_rooms_per_connection,
+            max_rooms_per_uid: self.max_rooms_per_uid,
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
         })

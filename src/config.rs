@@ -30,6 +30,8 @@ pub struct Limits {
     pub history_max: usize,
     /// Rooms one connection may be in at once.
     pub max_rooms_per_connection: usize,
+    /// Rooms one uid may be a member of.
+    pub max_rooms_per_uid: usize,
     /// Accepted sockets in all; None: derived from the open-file limit at start
     /// (`admission::default_max_connections`).
     pub max_connections: Option<usize>,
@@ -56,6 +58,7 @@ impl Default for Limits {
             offline_ttl: Duration::from_secs(7 * 24 * 3600),
             history_max: 1_000,
             max_rooms_per_connection: 64,
+            max_rooms_per_uid: 1_000,
             max_connections: None,
             max_connections_per_ip: 256,
         }

@@ -106,7 +106,12 @@ async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
         nofile,
         metrics.clone(),
     );
-    let hub = natter::hub::Hub::new(store.clone(), metrics.clone(), cfg.limits.max_connections_per_uid);
+    let hub = natter::hub::Hub::with_limits(
+        store.clone(),
+        metrics.clone(),
+        cfg.limits.max_connections_per_uid,
+        cfg.limits.max_rooms_per_uid,
+    );
     let env =
         Arc::new(natter::session::Env { hub: hub.clone(), verifier: Arc::new(verifier), limits: cfg.limits.clone() });
     let dev_tokens = match (&cfg.jwt.key, cfg.dev) {

@@ -341,3 +341,32 @@ async fn login_floods_are_rate_limited() {
     a.say("calm", "still fine").await;
     assert_eq!(b.recv_event("message").await["message"], "still fine");
 }
+
+/// `--max-rooms-per-uid`: memberships, not connections, count (they outlive a disconnect and end
+/// with `leave`), and a refused join leaves no key of the room behind.
+#[tokio::test]
+async fn rooms_per_uid_are_capped() {
+    let mut s = Server::start(ServerOpts::new().arg("--max-rooms-per-uid", 3)).await;
+    let mut c = Client::connect_as(&s, "u", None).await;
+    for r in ["a", "b", "c"] {
+        c.login(r).await;
+    }
+    c.send_json(&json!({"event":"login","roomid":"refused"})).await;
+    let e = c.expect_error("too_many_rooms").await;
+    assert!(e["message"].as_str().unwrap().contains('3'), "{e}");
+    c.login_since("a", 0).await; // a room it is a member of already is fine (with since: its own login answers)
+    drop(c);
+    // Still a member of three after the connection went away.
+    let mut c = Client::connect_as(&s, "u", None).await;
+    c.send_json(&json!({"event":"login","roomid":"refused"})).await;
+    c.expect_error("too_many_rooms").await;
+    c.login("b").await;
+    c.send_json(&json!({"event":"leave","roomid":"b"})).await;
+    c.login("d").await; // `leave` ended a membership: room for one more
+    c.close().await;
+    s.terminate();
+    s.wait_exit(Duration::from_secs(20)).await;
+    let (st, out, err) = run_natter(&["keys", "*refused*", "--data", s.data_dir.to_str().unwrap()]);
+    assert!(st.success(), "{err}");
+    assert_eq!(out.trim(), "(empty array)", "a refused join leaves no key: {out}");
+}

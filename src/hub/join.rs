@@ -94,6 +94,14 @@ impl Hub {
     /// replays history after `since`, then delivers the uid's offline queue for the room, all
     /// under the room lock so that no live message overtakes them.
     pub async fn join(&self, conn: &Conn, who: &Who<'_>, roomid: &str, since: Option<u64>) -> Result<Joined, HubError> {
+        // Before the room is opened: a refused join creates no room state. (Two connections of
+        // one uid joining new rooms at the same moment may both pass: the cap is not exact.)
+        if self.max_rooms_per_uid != usize::MAX {
+            let rooms = self.store.user_rooms(who.uid).map_err(HubError::Unavailable)?;
+            if rooms.len() >= self.max_rooms_per_uid && !rooms.iter().any(|r| r == roomid) {
+                return Err(HubError::TooManyRooms(self.max_rooms_per_uid));
+            }
+        }
         loop {
             let room = self.open_room(roomid).await?;
             if let Some(joined) = self.join_open(&room, conn, who, roomid, since) {

@@ -58,6 +58,8 @@ pub struct Who<'a> {
 #[derive(Debug)]
 pub enum HubError {
     NotInRoom,
+    /// A join that would make the uid a member of more rooms than it may be (the limit).
+    TooManyRooms(usize),
     /// The store could not take the write (disk full, ...): nothing was published or joined.
     Unavailable(anyhow::Error),
 }
@@ -99,6 +101,8 @@ pub struct Hub {
     uids: Mutex<HashMap<String, usize>>,
     next_conn: AtomicU64,
     max_per_uid: usize,
+    /// Rooms one uid may be a member of (`--max-rooms-per-uid`).
+    max_rooms_per_uid: usize,
     /// Serialises publishes with a `cid` per uid (striped), so one `cid` is published once even
     /// when two connections of the uid send it to two rooms at the same moment.
     dedupe_locks: [Mutex<()>; STRIPES],
@@ -109,6 +113,16 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>, max_per_uid: usize) -> Arc<Hub> {
+        Self::with_limits(store, metrics, max_per_uid, usize::MAX)
+    }
+
+    /// `new`, with a cap on the rooms a uid may be a member of.
+    pub fn with_limits(
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        max_per_uid: usize,
+        max_rooms_per_uid: usize,
+    ) -> Arc<Hub> {
         Arc::new(Hub {
             store,
             metrics,
@@ -118,6 +132,7 @@ impl Hub {
             uids: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             max_per_uid,
+            max_rooms_per_uid,
             dedupe_locks: std::array::from_fn(|_| Mutex::new(())),
             open_locks: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
         })

@@ -113,6 +113,9 @@ impl crate::store::Store for Gated {
     fn members(&self, room: &str) -> anyhow::Result<Vec<String>> {
         self.inner.members(room)
     }
+    fn user_rooms(&self, uid: &str) -> anyhow::Result<Vec<String>> {
+        self.inner.user_rooms(uid)
+    }
     fn set_online(&self, room: &str, uid: &str, conns: u32) -> anyhow::Result<()> {
         self.inner.set_online(room, uid, conns)
     }

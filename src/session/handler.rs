@@ -217,6 +217,10 @@ impl Session {
     fn hub_error(&self, e: HubError) {
         match e {
             HubError::NotInRoom => self.error(ErrorCode::NotInRoom, "this connection has not joined that room"),
+            HubError::TooManyRooms(max) => self.error(
+                ErrorCode::TooManyRooms,
+                &format!("a user can be a member of at most {max} rooms: leave one first"),
+            ),
             HubError::Unavailable(e) => {
                 tracing::error!("store error: {e:#}");
                 self.error(ErrorCode::Unavailable, "the store cannot take this now, try again")

@@ -76,6 +76,11 @@ impl Store for MemoryStore {
         Ok(d.members.get_mut(room).map(|m| m.remove(uid)).unwrap_or(false))
     }
 
+    fn user_rooms(&self, uid: &str) -> Result<Vec<String>> {
+        let d = self.data.locked();
+        Ok(d.user_rooms.get(uid).map(|r| r.iter().cloned().collect()).unwrap_or_default())
+    }
+
     fn members(&self, room: &str) -> Result<Vec<String>> {
         let d = self.data.locked();
         Ok(d.members.get(room).map(|m| m.iter().cloned().collect()).unwrap_or_default())

@@ -83,6 +83,8 @@ pub trait Store: Send + Sync + 'static {
     /// Ends a membership (both sets); true when it existed.
     fn remove_member(&self, room: &str, uid: &str) -> Result<bool>;
     fn members(&self, room: &str) -> Result<Vec<String>>;
+    /// `user:{uid}:rooms`: the rooms `uid` is a member of.
+    fn user_rooms(&self, uid: &str) -> Result<Vec<String>>;
     /// `room:{room}:online` field `uid` := `conns`; 0 removes the field.
     fn set_online(&self, room: &str, uid: &str, conns: u32) -> Result<()>;
     /// `room:{room}:online`: uid -> live connections.

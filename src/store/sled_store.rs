@@ -395,6 +395,16 @@ impl Store for SledStore {
         Ok(existed)
     }
 
+    fn user_rooms(&self, uid: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for item in self.engine.db()?.scan_prefix(keys::user_rooms_prefix(uid)) {
+            if let Some(Key::UserRoom { room, .. }) = Key::decode(&item?.0) {
+                out.push(room);
+            }
+        }
+        Ok(out)
+    }
+
     fn members(&self, room: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
         for item in self.engine.db()?.scan_prefix(keys::members_prefix(room)) {

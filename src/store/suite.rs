@@ -44,6 +44,12 @@ fn membership_is_a_set_and_prefix_safe() {
         assert!(s.remove_member("r1", "alice").unwrap(), "{name}");
         assert!(!s.remove_member("r1", "alice").unwrap(), "{name}");
         assert_eq!(s.members("r1").unwrap(), vec!["alice2"], "{name}");
+        // The other side of the same membership, prefix-safe too (alice vs alice2).
+        assert!(s.add_member("r2", "alice2").unwrap(), "{name}");
+        let mut r = s.user_rooms("alice2").unwrap();
+        r.sort();
+        assert_eq!(r, vec!["r1", "r2"], "{name}");
+        assert!(s.user_rooms("alice").unwrap().is_empty(), "{name}");
     }
 }
 
