@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 OUT=${OUT:-$root/benches/results}
 TUTORIAL=${TUTORIAL:-$root/../shared/peers/tutorial-node/run.sh}
-SECRET=secret
+SECRET=natter-bench-secret-0123456789abcdef  # natter wants 32 bytes or more
 QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then DUR=2; WARM=0.5; SIZES="2 10 100"; IDLE=2000; else DUR=5; WARM=1; SIZES="2 5 10 25 50 100"; IDLE=10000; fi
 [ "$(nproc)" -ge 2 ] || { echo "compare.sh: needs 2 CPUs (server on CPU 0, load generator on CPU 1)" >&2; exit 1; }

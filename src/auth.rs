@@ -10,6 +10,9 @@ use serde_json::{Map, Value};
 use crate::access::RoomPatterns;
 use crate::config::{JwtConfig, JwtKey};
 
+/// The rooms claim's name unless `--jwt-rooms-claim` says otherwise.
+pub const DEFAULT_ROOMS_CLAIM: &str = "rooms";
+
 /// Longest accepted uid, bytes: uids are store key components.
 pub const MAX_UID_BYTES: usize = 256;
 
@@ -184,8 +187,10 @@ pub fn hidden_char(c: char) -> bool {
 #[derive(Default)]
 pub struct MintClaims<'a> {
     pub name: Option<&'a str>,
-    /// The rooms claim (`rooms`); left out when None.
+    /// The rooms claim; left out when None.
     pub rooms: Option<&'a RoomPatterns>,
+    /// The rooms claim's name (`--jwt-rooms-claim`); None: `rooms`.
+    pub rooms_claim: Option<&'a str>,
     pub audience: Option<&'a str>,
     pub issuer: Option<&'a str>,
 }
@@ -199,7 +204,7 @@ pub fn mint(secret: &[u8], uid: &str, extra: &MintClaims<'_>, ttl: Duration) -> 
         claims.insert("name".into(), Value::String(n.into()));
     }
     if let Some(r) = extra.rooms {
-        claims.insert("rooms".into(), r.to_claim());
+        claims.insert(extra.rooms_claim.unwrap_or(DEFAULT_ROOMS_CLAIM).into(), r.to_claim());
     }
     if let Some(a) = extra.audience {
         claims.insert("aud".into(), Value::String(a.into()));

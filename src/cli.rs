@@ -88,7 +88,7 @@ pub struct ServeArgs {
     #[arg(long, env = "NATTER_JWT_UID_CLAIM", default_value = "sub")]
     pub jwt_uid_claim: String,
     /// Claim that lists the rooms a token allows (exact ids, `prefix*`, `*`).
-    #[arg(long, env = "NATTER_JWT_ROOMS_CLAIM", default_value = "rooms")]
+    #[arg(long, env = "NATTER_JWT_ROOMS_CLAIM", default_value = crate::auth::DEFAULT_ROOMS_CLAIM)]
     pub jwt_rooms_claim: String,
     /// Require this `aud` in every token.
     #[arg(long, env = "NATTER_JWT_AUDIENCE")]
@@ -220,6 +220,7 @@ impl TokenArgs {
         let claims = crate::auth::MintClaims {
             name: self.name.as_deref(),
             rooms: rooms.as_ref(),
+            rooms_claim: None,
             audience: self.aud.as_deref(),
             issuer: self.iss.as_deref(),
         };

@@ -43,6 +43,8 @@ pub struct DevTokens {
     pub secret: Vec<u8>,
     pub audience: Option<String>,
     pub issuer: Option<String>,
+    /// The server's rooms claim name, so that `?rooms=` lands where the verifier looks.
+    pub rooms_claim: String,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -150,6 +152,7 @@ fn dev_token(app: &App, query: Option<&str>) -> Resp {
     let claims = crate::auth::MintClaims {
         name: name.as_deref(),
         rooms: rooms.as_ref(),
+        rooms_claim: Some(&dev.rooms_claim),
         audience: dev.audience.as_deref(),
         issuer: dev.issuer.as_deref(),
     };

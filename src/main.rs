@@ -119,6 +119,7 @@ async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
             secret: s.clone(),
             audience: cfg.jwt.audience.clone(),
             issuer: cfg.jwt.issuer.clone(),
+            rooms_claim: cfg.jwt.rooms_claim.clone(),
         }),
         _ => None,
     };
