@@ -12,8 +12,7 @@ use natter::store::sled_store::SledStore;
 use natter::store::{Append, Bounds, Store};
 
 /// The server's defaults (`--history-max`, `--offline-max`, offline TTL, dedupe TTL).
-const BOUNDS: Bounds =
-    Bounds { history_max: 1_000, offline_max: 1_000, offline_ttl_ms: 7 * 24 * 3600 * 1000, dedupe_ttl_ms: 600_000 };
+const BOUNDS: Bounds = Bounds::DEFAULT;
 const ROOM: &str = "lobby";
 
 /// A stored `message` object with 100 bytes of text, as the hub encodes it.

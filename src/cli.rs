@@ -161,6 +161,12 @@ pub struct LimitArgs {
     /// Offline queue entries per uid (oldest dropped first).
     #[arg(long, env = "NATTER_OFFLINE_MAX", default_value_t = 1_000)]
     pub offline_max: usize,
+    /// Offline queue bytes per uid (message JSON; oldest entries dropped first).
+    #[arg(long, env = "NATTER_OFFLINE_MAX_BYTES", default_value_t = 16 << 20)]
+    pub offline_max_bytes: usize,
+    /// Dedupe records (recent `cid`s) kept per uid; the oldest are forgotten first.
+    #[arg(long, env = "NATTER_DEDUPE_MAX_PER_UID", default_value_t = 10_000)]
+    pub dedupe_max_per_uid: usize,
     /// Offline queue entry lifetime, seconds.
     #[arg(long, env = "NATTER_OFFLINE_TTL", default_value = "604800", value_parser = secs)]
     pub offline_ttl: Duration,
@@ -256,6 +262,8 @@ impl LimitArgs {
             ("--max-connections-per-uid", self.max_connections_per_uid),
             ("--max-token-bytes", self.max_token_bytes),
             ("--offline-max", self.offline_max),
+            ("--offline-max-bytes", self.offline_max_bytes),
+            ("--dedupe-max-per-uid", self.dedupe_max_per_uid),
             ("--history-max", self.history_max),
             ("--max-rooms-per-connection", self.max_rooms_per_connection),
             ("--max-rooms-per-uid", self.max_rooms_per_uid),
@@ -284,6 +292,8 @@ impl LimitArgs {
             expiry_grace: self.expiry_grace,
             handshake_timeout: self.handshake_timeout,
             offline_max: self.offline_max,
+            offline_max_bytes: self.offline_max_bytes,
+            dedupe_max_per_uid: self.dedupe_max_per_uid,
             offline_ttl: self.offline_ttl,
             history_max: self.history_max,
             max_rooms_per_connection: self.max_rooms_per_connection,

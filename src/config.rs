@@ -25,7 +25,12 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// Per-uid offline queue length.
     pub offline_max: usize,
+    /// Per-uid offline queue bytes (message JSON), oldest dropped first like the entry cap.
+    pub offline_max_bytes: usize,
     pub offline_ttl: Duration,
+    /// Dedupe records kept per uid (the oldest go first): bounds what one uid's cids can make
+    /// the store hold within the dedupe window.
+    pub dedupe_max_per_uid: usize,
     /// Messages kept per room for `since` recovery.
     pub history_max: usize,
     /// Rooms one connection may be in at once.
@@ -55,6 +60,8 @@ impl Default for Limits {
             expiry_grace: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             offline_max: 1_000,
+            offline_max_bytes: 16 << 20,
+            dedupe_max_per_uid: 10_000,
             offline_ttl: Duration::from_secs(7 * 24 * 3600),
             history_max: 1_000,
             max_rooms_per_connection: 64,

@@ -43,8 +43,10 @@ fn bounds(cfg: Option<&Config>) -> Bounds {
     Bounds {
         history_max: l.history_max,
         offline_max: l.offline_max,
+        offline_max_bytes: l.offline_max_bytes,
         offline_ttl_ms: l.offline_ttl.as_millis() as u64,
         dedupe_ttl_ms: 10 * 60 * 1000,
+        dedupe_max: l.dedupe_max_per_uid,
     }
 }
 

@@ -140,12 +140,7 @@ async fn soak() {
     let mut server = std::sync::Arc::try_unwrap(server).ok().expect("every user is done");
     server.terminate();
     server.wait_exit(Duration::from_secs(30)).await;
-    let bounds = natter::store::Bounds {
-        history_max: 1000,
-        offline_max: 1000,
-        offline_ttl_ms: 7 * 24 * 3600 * 1000,
-        dedupe_ttl_ms: 600_000,
-    };
+    let bounds = natter::store::Bounds::DEFAULT;
     let store = natter::store::sled_store::SledStore::open(&data_dir, bounds).expect("reopen the store");
     let mut tags = std::collections::BTreeMap::<char, (usize, usize)>::new();
     for item in store.tree().expect("tree").iter() {

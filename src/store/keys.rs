@@ -25,6 +25,10 @@ pub enum Key {
     Queue { uid: String, n: u64 },
     /// `dedupe:{uid}:{cid}` string.
     Dedupe { uid: String, cid: String },
+    /// The age index of `uid`'s dedupe records (empty value): one per record, ordered by the
+    /// time it was written, so the cap per uid drops the oldest and expiry reads only what
+    /// expired. Redis needs none (its keys expire by themselves).
+    DedupeAge { uid: String, ts: u64, cid: String },
 }
 
 const MEMBER: u8 = b'm';
@@ -39,6 +43,7 @@ const QUEUE: u8 = b'q';
 pub const LEGACY_HISTORY: u8 = b'h';
 pub const LEGACY_QUEUE: u8 = b'o';
 const DEDUPE: u8 = b'd';
+const DEDUPE_AGE: u8 = b'a';
 
 /// Builds keys component by component.
 pub struct KeyBuf(Vec<u8>);
@@ -60,6 +65,23 @@ impl KeyBuf {
     }
     pub fn into_vec(self) -> Vec<u8> {
         self.0
+    }
+}
+
+/// Reads key components back, in the order `KeyBuf` wrote them.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn str(&mut self) -> Option<String> {
+        let len = u16::from_be_bytes(self.0.get(..2)?.try_into().ok()?) as usize;
+        let v = std::str::from_utf8(self.0.get(2..2 + len)?).ok()?.to_string();
+        self.0 = &self.0[2 + len..];
+        Some(v)
+    }
+    fn num(&mut self) -> Option<u64> {
+        let v = u64::from_be_bytes(self.0.get(..8)?.try_into().ok()?);
+        self.0 = &self.0[8..];
+        Some(v)
     }
 }
 
@@ -98,6 +120,16 @@ pub fn seq_all() -> Vec<u8> {
 pub fn dedupe_all() -> Vec<u8> {
     vec![DEDUPE]
 }
+pub fn dedupe_age_all() -> Vec<u8> {
+    vec![DEDUPE_AGE]
+}
+pub fn dedupe_age_prefix(uid: &str) -> Vec<u8> {
+    KeyBuf::new(DEDUPE_AGE).str(uid).into_vec()
+}
+/// Below every age key of `uid` written after `ts`: the end of a "written at or before `ts`" range.
+pub fn dedupe_age_until(uid: &str, ts: u64) -> Vec<u8> {
+    KeyBuf::new(DEDUPE_AGE).str(uid).num(ts.saturating_add(1)).into_vec()
+}
 
 impl Key {
     pub fn encode(&self) -> Vec<u8> {
@@ -110,33 +142,24 @@ impl Key {
             Key::History { room, pos } => KeyBuf::new(HISTORY).str(room).num(*pos),
             Key::Queue { uid, n } => KeyBuf::new(QUEUE).str(uid).num(*n),
             Key::Dedupe { uid, cid } => KeyBuf::new(DEDUPE).str(uid).str(cid),
+            Key::DedupeAge { uid, ts, cid } => KeyBuf::new(DEDUPE_AGE).str(uid).num(*ts).str(cid),
         }
         .into_vec()
     }
 
     pub fn decode(raw: &[u8]) -> Option<Key> {
-        let (&tag, mut rest) = raw.split_first()?;
-        let mut s = || -> Option<String> {
-            let len = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as usize;
-            let v = std::str::from_utf8(rest.get(2..2 + len)?).ok()?.to_string();
-            rest = &rest[2 + len..];
-            Some(v)
-        };
+        let (&tag, rest) = raw.split_first()?;
+        let mut r = Reader(rest);
         let key = match tag {
-            MEMBER => Key::Member { room: s()?, uid: s()? },
-            USER_ROOM => Key::UserRoom { uid: s()?, room: s()? },
-            ONLINE => Key::Online { room: s()?, uid: s()? },
-            SEQ => Key::Seq { room: s()? },
-            SEQ_RESERVED => Key::SeqReserved { room: s()? },
-            HISTORY => {
-                let room = s()?;
-                Key::History { room, pos: u64::from_be_bytes(rest.try_into().ok()?) }
-            }
-            QUEUE => {
-                let uid = s()?;
-                Key::Queue { uid, n: u64::from_be_bytes(rest.try_into().ok()?) }
-            }
-            DEDUPE => Key::Dedupe { uid: s()?, cid: s()? },
+            MEMBER => Key::Member { room: r.str()?, uid: r.str()? },
+            USER_ROOM => Key::UserRoom { uid: r.str()?, room: r.str()? },
+            ONLINE => Key::Online { room: r.str()?, uid: r.str()? },
+            SEQ => Key::Seq { room: r.str()? },
+            SEQ_RESERVED => Key::SeqReserved { room: r.str()? },
+            HISTORY => Key::History { room: r.str()?, pos: r.num()? },
+            QUEUE => Key::Queue { uid: r.str()?, n: r.num()? },
+            DEDUPE => Key::Dedupe { uid: r.str()?, cid: r.str()? },
+            DEDUPE_AGE => Key::DedupeAge { uid: r.str()?, ts: r.num()?, cid: r.str()? },
             _ => return None,
         };
         // Only the exact encoding of a key is that key (no trailing bytes): one key, one form.
@@ -152,7 +175,7 @@ impl Key {
             Key::Seq { room } | Key::SeqReserved { room } => format!("room:{room}:seq"),
             Key::History { room, .. } => format!("room:{room}:history"),
             Key::Queue { uid, .. } => format!("offline:{uid}"),
-            Key::Dedupe { uid, cid } => format!("dedupe:{uid}:{cid}"),
+            Key::Dedupe { uid, cid } | Key::DedupeAge { uid, cid, .. } => format!("dedupe:{uid}:{cid}"),
         }
     }
 }
@@ -184,6 +207,7 @@ mod tests {
             Key::History { room: "r".into(), pos: 7 },
             Key::Queue { uid: "ü".into(), n: 3 },
             Key::Dedupe { uid: "u".into(), cid: "c".into() },
+            Key::DedupeAge { uid: "u".into(), ts: 9, cid: "c".into() },
             Key::Seq { room: "r".into() },
         ] {
             assert_eq!(Key::decode(&k.encode()), Some(k));

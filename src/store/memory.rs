@@ -29,6 +29,9 @@ struct Data {
     history: HashMap<String, VecDeque<Stored>>,
     queues: HashMap<String, VecDeque<Entry>>,
     dedupe: HashMap<(String, String), (u64, String, u64)>,
+    /// Each uid's dedupe records, oldest first, in the sled layout's order (time, then cid
+    /// by length and bytes), so both backends drop the same one at the cap.
+    dedupe_age: HashMap<String, BTreeSet<(u64, usize, String)>>,
 }
 
 pub struct MemoryStore {
@@ -52,10 +55,31 @@ impl MemoryStore {
             let q = d.queues.entry(uid.to_string()).or_default();
             let json = Bytes::copy_from_slice(a.json);
             q.push_back(Entry { n, ts: a.now_ms, room: a.room.into(), id: a.id, prev, json });
+            let mut bytes: usize = q.iter().map(|e| e.json.len()).sum();
             while q.len() > self.bounds.offline_max
+                || (q.len() > 1 && bytes > self.bounds.offline_max_bytes)
                 || q.front().is_some_and(|e| e.ts + self.bounds.offline_ttl_ms <= a.now_ms)
             {
-                q.pop_front();
+                bytes -= q.pop_front().map(|e| e.json.len()).unwrap_or(0);
+            }
+        }
+    }
+}
+
+impl MemoryStore {
+    /// The dedupe record of `a`, replacing an earlier one of the same cid; over the cap, the
+    /// uid's oldest other record goes.
+    fn record_dedupe(&self, d: &mut Data, uid: &str, cid: &str, a: &Append) {
+        let ages = d.dedupe_age.entry(uid.into()).or_default();
+        if let Some((ts, ..)) = d.dedupe.insert((uid.into(), cid.into()), (a.now_ms, a.room.into(), a.id)) {
+            ages.remove(&(ts, cid.len(), cid.to_string()));
+        }
+        let new = (a.now_ms, cid.len(), cid.to_string());
+        ages.insert(new.clone());
+        if ages.len() > self.bounds.dedupe_max {
+            if let Some(old) = ages.iter().find(|k| **k != new).cloned() {
+                ages.remove(&old);
+                d.dedupe.remove(&(uid.to_string(), old.2));
             }
         }
     }
@@ -134,7 +158,7 @@ impl Store for MemoryStore {
         }
         self.push_entries(&mut d, a, prev);
         if let Some((uid, cid)) = a.dedupe {
-            d.dedupe.insert((uid.into(), cid.into()), (a.now_ms, a.room.into(), a.id));
+            self.record_dedupe(&mut d, uid, cid, a);
         }
         Ok(prev)
     }
@@ -190,6 +214,10 @@ impl Store for MemoryStore {
         let mut d = self.data.locked();
         let ttl = self.bounds.dedupe_ttl_ms;
         d.dedupe.retain(|_, (ts, _, _)| *ts + ttl > now_ms);
+        for ages in d.dedupe_age.values_mut() {
+            ages.retain(|(ts, ..)| *ts + ttl > now_ms);
+        }
+        d.dedupe_age.retain(|_, a| !a.is_empty());
         let qttl = self.bounds.offline_ttl_ms;
         for q in d.queues.values_mut() {
             q.retain(|e| e.ts + qttl > now_ms);

@@ -12,6 +12,8 @@ pub mod sled_store;
 mod suite;
 #[cfg(test)]
 mod suite_history;
+#[cfg(test)]
+mod suite_limits;
 pub mod values;
 
 use std::future::Future;
@@ -63,8 +65,24 @@ pub struct Append<'a> {
 pub struct Bounds {
     pub history_max: usize,
     pub offline_max: usize,
+    /// Bytes of message JSON per uid's queue; the newest entry is kept even when over it alone.
+    pub offline_max_bytes: usize,
     pub offline_ttl_ms: u64,
     pub dedupe_ttl_ms: u64,
+    /// Dedupe records per uid; over it the oldest record is dropped.
+    pub dedupe_max: usize,
+}
+
+impl Bounds {
+    /// The server's defaults, for tests and benches that set only what they test.
+    pub const DEFAULT: Bounds = Bounds {
+        history_max: 1_000,
+        offline_max: 1_000,
+        offline_max_bytes: 16 << 20,
+        offline_ttl_ms: 7 * 24 * 3600 * 1000,
+        dedupe_ttl_ms: 600_000,
+        dedupe_max: 10_000,
+    };
 }
 
 /// The contract every backend keeps.

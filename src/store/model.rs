@@ -10,6 +10,8 @@ use super::{Append, Bounds, Store};
 
 const ROOMS: [&str; 3] = ["r1", "r2", "r10"];
 const UIDS: [&str; 4] = ["alice", "alice2", "bob", "carol"];
+/// More cids than the model's dedupe cap, so that the cap drops records.
+const CIDS: [&str; 5] = ["c1", "c2", "c10", "c3", "c4"];
 
 /// xorshift64*: small, seeded, good enough to pick operations.
 struct Rng(u64);
@@ -50,13 +52,21 @@ fn observe(s: &dyn Store, now: u64) -> Vec<String> {
         }
     }
     for u in UIDS {
-        out.push(format!("{u} len {} dedupe {:?}", s.offline_len(u).unwrap(), s.dedupe_get(u, "c1", now).unwrap()));
+        let d: Vec<_> = CIDS.iter().map(|c| s.dedupe_get(u, c, now).unwrap()).collect();
+        out.push(format!("{u} len {} dedupe {d:?}", s.offline_len(u).unwrap()));
     }
     out
 }
 
 fn run(seed: u64, steps: usize) {
-    let b = Bounds { history_max: 4, offline_max: 3, offline_ttl_ms: 50, dedupe_ttl_ms: 30 };
+    let b = Bounds {
+        history_max: 4,
+        offline_max: 3,
+        offline_ttl_ms: 50,
+        dedupe_ttl_ms: 30,
+        offline_max_bytes: 30,
+        dedupe_max: 3,
+    };
     let dir = tempfile::tempdir().unwrap();
     let model = MemoryStore::new(b);
     let mut sled = Some(SledStore::open(dir.path(), b).unwrap());
@@ -88,7 +98,7 @@ fn run(seed: u64, steps: usize) {
                 let id = next_id[room_i] + if rng.below(10) == 0 { 1 + rng.below(70_000) } else { 0 };
                 next_id[room_i] = id + 1;
                 let offline: Vec<&str> = UIDS.iter().copied().filter(|_| rng.below(2) == 0).collect();
-                let cid = (rng.below(4) == 0).then_some("c1");
+                let cid = (rng.below(2) == 0).then(|| rng.pick(&CIDS));
                 let u = rng.pick(&UIDS);
                 let json = format!("{{\"id\":{id}}}");
                 let a = Append {

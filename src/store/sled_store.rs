@@ -5,7 +5,7 @@
 //! any scan, and before every flush.
 
 use crate::sync::LockExt;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
@@ -61,13 +61,16 @@ impl std::ops::Deref for SledStore {
 #[derive(Default)]
 struct Writer {
     queues: Queues,
+    /// Dedupe records per uid (age index entries), loaded on first use like the queues.
+    dedupes: HashMap<String, u64>,
     pending: Pending,
 }
 
 /// Writes of appends not yet in sled, by key (the last write of a key wins, as in a batch).
-/// Point reads look here first; scans apply it first.
+/// Point reads look here first; scans apply it first. Ordered, so that "the oldest dedupe
+/// record of a uid" can be read through it.
 #[derive(Default)]
-struct Pending(HashMap<Vec<u8>, Option<Vec<u8>>>);
+struct Pending(BTreeMap<Vec<u8>, Option<Vec<u8>>>);
 
 /// How often a store whose disk failed checks whether it can be reopened.
 const RECOVER_EVERY: Duration = Duration::from_secs(1);
@@ -76,25 +79,11 @@ const APPLY_EVERY: Duration = Duration::from_millis(2);
 /// An overlay this large is applied at once, whatever the time.
 const APPLY_AT_OPS: usize = 16_384;
 
-/// Where a uid's queue starts and ends; loaded from disk on first use, then kept in step with
-/// every change (all made under the writer lock).
-#[derive(Clone, Copy, Debug)]
-struct QueueState {
-    /// No entry below this number exists (entries at or above it may have been dequeued).
-    head: u64,
-    /// The number the next entry gets.
-    next: u64,
-    /// Entries present.
-    len: u64,
-    /// When known: the entry at `head` exists and was written at this time. Saves a read per
-    /// push while the queue is under its cap; forgotten whenever entries are removed.
-    head_ts: Option<u64>,
-}
-
-#[derive(Default)]
-struct Queues(HashMap<String, QueueState>);
-
 pub use super::values::{parse_entry, Entry};
+
+mod dedupe;
+mod queue;
+use queue::{QueueState, Queues};
 
 /// Every this many positions, a publish also range-trims the history (catching entries left
 /// below the window by a lowered `--history-max`); otherwise it removes one entry by key.
@@ -194,6 +183,7 @@ impl Inner {
             return false;
         }
         w.queues.0.clear();
+        w.dedupes.clear();
         if let Err(e) = self.apply(&mut w) {
             tracing::error!("store: applying writes after the reopen failed (kept): {e:#}");
         }
@@ -231,71 +221,6 @@ impl Inner {
         }
     }
 
-    fn expired(&self, v: &[u8], now_ms: u64) -> bool {
-        val::parse_entry(v).map(|e| e.ts + self.bounds.offline_ttl_ms <= now_ms).unwrap_or(true)
-    }
-
-    /// `uid`'s queue bookkeeping, read from disk (one scan) the first time. The overlay holds
-    /// no entry of a uid whose bookkeeping is not loaded (pushing one loads it first).
-    fn queue_state<'q>(&self, queues: &'q mut Queues, uid: &str) -> Result<&'q mut QueueState> {
-        if !queues.0.contains_key(uid) {
-            let mut st = QueueState { head: 0, next: 0, len: 0, head_ts: None };
-            for item in self.engine.db()?.scan_prefix(keys::queue_prefix(uid)) {
-                if let Some(Key::Queue { n, .. }) = Key::decode(&item?.0) {
-                    if st.len == 0 {
-                        st.head = n;
-                    }
-                    st.next = n + 1;
-                    st.len += 1;
-                }
-            }
-            queues.0.insert(uid.to_string(), st);
-        }
-        Ok(queues.0.get_mut(uid).expect("just inserted"))
-    }
-
-    /// Adds one queue entry to the overlay, and the removals it causes: expired entries at the
-    /// head, and the oldest entries over the cap. Point reads only: no scan on the publish path.
-    fn queue_push(
-        &self,
-        staged: &mut Pending,
-        pending: &Pending,
-        q: &mut QueueState,
-        uid: &str,
-        a: &Append,
-        prev: u64,
-    ) -> Result<()> {
-        let new = q.next;
-        staged.0.insert(keys::queue_key(uid, new), Some(val::entry(a.now_ms, a.id, prev, a.room, a.json)));
-        q.next += 1;
-        q.len += 1;
-        let cap = self.bounds.offline_max as u64;
-        while q.head < new {
-            if q.len <= cap && q.head_ts.is_some_and(|ts| ts + self.bounds.offline_ttl_ms > a.now_ms) {
-                break;
-            }
-            let k = keys::queue_key(uid, q.head);
-            match self.get(&[staged, pending], &k)? {
-                // dequeued earlier: a hole
-                None => q.head += 1,
-                Some(v) if q.len > cap || self.expired(&v, a.now_ms) => {
-                    staged.0.insert(k, None);
-                    q.len = q.len.saturating_sub(1);
-                    q.head += 1;
-                }
-                Some(v) => {
-                    q.head_ts = val::parse_entry(&v).map(|e| e.ts);
-                    break;
-                }
-            }
-            q.head_ts = None;
-        }
-        if q.head == new {
-            q.head_ts = Some(a.now_ms);
-        }
-        Ok(())
-    }
-
     /// Writes that only stage into the overlay are refused too while the disk is failing: a
     /// publish must not be fanned out when it cannot be stored.
     fn refuse_if_broken(&self) -> Result<()> {
@@ -305,26 +230,14 @@ impl Inner {
         Ok(())
     }
 
-    /// Stages one queue entry per offline uid of `a`; returns the bookkeeping to keep once the
-    /// staged writes are merged.
-    fn stage_queues<'a>(
+    /// Moves a whole staged publish into the overlay (waking the applier when it was empty).
+    fn merge(
         &self,
         w: &mut Writer,
-        staged: &mut Pending,
-        a: &'a Append,
-        prev: u64,
-    ) -> Result<Vec<(&'a str, QueueState)>> {
-        let mut updated = Vec::with_capacity(a.offline.len());
-        for uid in a.offline {
-            let mut q = *self.queue_state(&mut w.queues, uid)?;
-            self.queue_push(staged, &w.pending, &mut q, uid, a, prev)?;
-            updated.push((*uid, q));
-        }
-        Ok(updated)
-    }
-
-    /// Moves a whole staged publish into the overlay (waking the applier when it was empty).
-    fn merge(&self, w: &mut Writer, staged: Pending, updated: Vec<(&str, QueueState)>) -> Result<()> {
+        staged: Pending,
+        updated: Vec<(&str, QueueState)>,
+        dedupes: Option<(&str, u64)>,
+    ) -> Result<()> {
         // A full overlay is applied before this publish joins it, so that an error leaves
         // nothing of this publish behind (its staged reads stay valid: apply only moves
         // the overlay into sled).
@@ -336,38 +249,12 @@ impl Inner {
         for (uid, q) in updated {
             w.queues.0.insert(uid.to_string(), q);
         }
+        if let Some((uid, n)) = dedupes {
+            w.dedupes.insert(uid.to_string(), n);
+        }
         if was_empty {
             self.signal.ring(false);
         }
-        Ok(())
-    }
-
-    /// Removes the entries of `uid`'s queue that `drop_it` picks, keeping the bookkeeping exact.
-    fn remove_entries(&self, uid: &str, mut drop_it: impl FnMut(u64, &[u8]) -> bool) -> Result<()> {
-        let mut w = self.settled()?;
-        let queues = &mut w.queues;
-        // Load the bookkeeping before changing the disk, or a first load would see the removals.
-        self.queue_state(queues, uid)?;
-        let mut b = sled::Batch::default();
-        let mut removed = 0;
-        for item in self.engine.db()?.scan_prefix(keys::queue_prefix(uid)) {
-            let (k, v) = item?;
-            if let Some(Key::Queue { n, .. }) = Key::decode(&k) {
-                if drop_it(n, &v) {
-                    b.remove(k);
-                    removed += 1;
-                }
-            }
-        }
-        if removed == 0 {
-            return Ok(());
-        }
-        self.engine.write(|db| db.apply_batch(b))?;
-        // The entry stays even when the queue is empty: `next` must never go back, or an entry
-        // number held by a concurrent `queued` -> `dequeue` could name a newer entry.
-        let q = self.queue_state(queues, uid)?;
-        q.len = q.len.saturating_sub(removed);
-        q.head_ts = None;
         Ok(())
     }
 }
@@ -496,13 +383,11 @@ impl Store for SledStore {
             }
         }
         let updated = self.stage_queues(w, &mut staged, a, prev)?;
-        if let Some((uid, cid)) = a.dedupe {
-            staged.0.insert(
-                Key::Dedupe { uid: uid.into(), cid: cid.into() }.encode(),
-                Some(val::dedupe(a.now_ms, a.id, a.room)),
-            );
-        }
-        self.merge(w, staged, updated)?;
+        let dedupes = match a.dedupe {
+            Some((uid, cid)) => Some((uid, self.stage_dedupe(w, &mut staged, uid, cid, a)?)),
+            None => None,
+        };
+        self.merge(w, staged, updated, dedupes)?;
         Ok(prev)
     }
 
@@ -512,7 +397,7 @@ impl Store for SledStore {
         let w = &mut *guard;
         let mut staged = Pending::default();
         let updated = self.stage_queues(w, &mut staged, a, prev)?;
-        self.merge(w, staged, updated)
+        self.merge(w, staged, updated, None)
     }
 
     fn history_after(&self, room: &str, after: u64) -> Result<Vec<Stored>> {
@@ -564,18 +449,7 @@ impl Store for SledStore {
     }
 
     fn expire(&self, now_ms: u64) -> Result<()> {
-        {
-            // Under the writer lock: a record written by a concurrent append is never swept.
-            let _w = self.settled()?;
-            let mut b = sled::Batch::default();
-            for item in self.engine.db()?.scan_prefix(keys::dedupe_all()) {
-                let (k, v) = item?;
-                if val::parse_dedupe(&v).map(|(ts, ..)| ts + self.bounds.dedupe_ttl_ms <= now_ms).unwrap_or(true) {
-                    b.remove(k);
-                }
-            }
-            self.engine.write(|db| db.apply_batch(b))?;
-        }
+        self.expire_dedupe(now_ms)?;
         // Queues: one seek per uid, skipping to the next uid at its first live entry.
         let mut from = keys::queue_all();
         loop {

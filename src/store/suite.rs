@@ -6,7 +6,8 @@ use super::memory::MemoryStore;
 use super::sled_store::SledStore;
 use super::{Append, Bounds, Store};
 
-const B: Bounds = Bounds { history_max: 3, offline_max: 2, offline_ttl_ms: 1_000, dedupe_ttl_ms: 500 };
+const B: Bounds =
+    Bounds { history_max: 3, offline_max: 2, offline_ttl_ms: 1_000, dedupe_ttl_ms: 500, ..Bounds::DEFAULT };
 
 pub(super) fn backends() -> Vec<(&'static str, Arc<dyn Store>, Option<tempfile::TempDir>)> {
     backends_with(B)
@@ -197,7 +198,8 @@ fn queued_is_a_peek_and_dequeue_removes_only_what_was_delivered() {
 
 #[test]
 fn the_cap_drops_the_oldest_entries_left_after_deliveries() {
-    let b = Bounds { history_max: 100, offline_max: 4, offline_ttl_ms: 1_000_000, dedupe_ttl_ms: 500 };
+    let b =
+        Bounds { history_max: 100, offline_max: 4, offline_ttl_ms: 1_000_000, dedupe_ttl_ms: 500, ..Bounds::DEFAULT };
     for (name, s, _d) in backends_with(b) {
         // alice's queue: r1#1 r2#1 r1#2 r2#2; delivering r1 leaves holes before r2's entries
         append(&*s, "r1", 1, &["alice"], 0);
@@ -218,7 +220,8 @@ fn the_cap_drops_the_oldest_entries_left_after_deliveries() {
 
 #[tokio::test]
 async fn sled_queue_bookkeeping_is_rebuilt_on_open() {
-    let b = Bounds { history_max: 100, offline_max: 3, offline_ttl_ms: 1_000_000, dedupe_ttl_ms: 500 };
+    let b =
+        Bounds { history_max: 100, offline_max: 3, offline_ttl_ms: 1_000_000, dedupe_ttl_ms: 500, ..Bounds::DEFAULT };
     let dir = tempfile::tempdir().unwrap();
     {
         let s = SledStore::open(dir.path(), b).unwrap();
