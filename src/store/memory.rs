@@ -144,7 +144,12 @@ impl Store for MemoryStore {
     }
 
     fn release_ids(&self, room: &str, last_id: u64) -> Result<()> {
-        self.data.locked().reserved.insert(room.into(), last_id);
+        let mut d = self.data.locked();
+        if last_id == 0 {
+            d.reserved.remove(room);
+        } else {
+            d.reserved.insert(room.into(), last_id);
+        }
         Ok(())
     }
 

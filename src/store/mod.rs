@@ -120,7 +120,8 @@ pub trait Store: Send + Sync + 'static {
     /// Sets the reservation of `room` to exactly `last_id` (the last id given in this run,
     /// which after a crash may be the old reservation); ids then continue right after it.
     /// Only for a room where nothing is being published and every message is flushed (a clean
-    /// shutdown, an idle room); not flushed itself.
+    /// shutdown, an idle room); not flushed itself. `last_id` 0 (no id was ever given there)
+    /// removes the reservation: a room that never had a message leaves no key behind.
     fn release_ids(&self, room: &str, last_id: u64) -> Result<()>;
     /// Atomically: the room's sequence := `id`, history append (the room's last `history_max`
     /// messages by count, whatever the ids), one queue entry per offline uid (trimmed to

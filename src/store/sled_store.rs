@@ -355,7 +355,11 @@ impl Store for SledStore {
     fn release_ids(&self, room: &str, last_id: u64) -> Result<()> {
         let _w = self.lock();
         let k = Key::SeqReserved { room: room.into() }.encode();
-        self.engine.write(|db| db.insert(k, &last_id.to_be_bytes()))?;
+        if last_id == 0 {
+            self.engine.write(|db| db.remove(k))?;
+        } else {
+            self.engine.write(|db| db.insert(k, &last_id.to_be_bytes()))?;
+        }
         Ok(())
     }
 

@@ -150,3 +150,19 @@ fn sled_indexes_dedupe_records_of_the_earlier_layout() {
     assert_eq!(s.dedupe_get("u", "old", 0).unwrap(), None, "expired once indexed");
     assert!(s.dedupe_get("u", "new", 1_000).unwrap().is_some());
 }
+
+#[test]
+fn sled_a_room_opened_joined_and_left_without_a_message_leaves_no_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(dir.path(), Bounds::DEFAULT).unwrap();
+    let before: Vec<_> = s.tree().unwrap().iter().keys().map(|k| k.unwrap()).collect();
+    // What the hub does for a room visited once: reserve on open, join, leave, release on eviction.
+    s.reserve_ids("fresh", 65_536).unwrap();
+    s.add_member("fresh", "u").unwrap();
+    s.set_online("fresh", "u", 1).unwrap();
+    s.set_online("fresh", "u", 0).unwrap();
+    s.remove_member("fresh", "u").unwrap();
+    s.release_ids("fresh", 0).unwrap();
+    let after: Vec<_> = s.tree().unwrap().iter().keys().map(|k| k.unwrap()).collect();
+    assert_eq!(before, after);
+}

@@ -63,8 +63,11 @@ pub const NOAUTH_TEXT: &str = "please auth again, your token is expired!";
 /// Default time to wait for an expected event.
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The binary under test; `NATTER_TEST_BIN` points a measurement at another build (an earlier
+/// commit, for a before/after figure).
 pub fn natter_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_natter")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| std::env::var("NATTER_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_natter").to_string()))
 }
 
 pub fn now_secs() -> i64 {
