@@ -62,18 +62,42 @@ async fn timed_chat<F: std::future::Future<Output = ()>>(s: &Server, work: F) ->
     chat.await.expect("the chatter got every message of its own")
 }
 
-#[tokio::test]
-async fn a_churn_of_fresh_room_ids_leaves_no_key_and_other_rooms_keep_chatting() {
-    let rooms: usize = std::env::var("NATTER_CHURN_ROOMS").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
-    // The churner is let through the event rate so that the test measures state, not the limiter.
-    let mut s = Server::start(ServerOpts::new().arg("--rate-per-sec", 100_000).arg("--rate-burst", 100_000)).await;
+/// What a churn of `rooms` fresh room ids did, seen from outside.
+struct Churn {
+    secs: f64,
+    rss_kib: (u64, u64),
+    calm: Vec<Duration>,
+    busy: Vec<Duration>,
+}
+
+impl Churn {
+    fn report(&mut self, rooms: usize) -> String {
+        format!(
+            "{rooms} fresh rooms joined+left in {:.1} s ({:.0}/s); RSS {} -> {} KiB; main-room round trip \
+             p50/p99: calm {:?}/{:?}, during the churn {:?}/{:?} ({} and {} samples)",
+            self.secs,
+            rooms as f64 / self.secs,
+            self.rss_kib.0,
+            self.rss_kib.1,
+            percentile(&mut self.calm, 0.5),
+            percentile(&mut self.calm, 0.99),
+            percentile(&mut self.busy, 0.5),
+            percentile(&mut self.busy, 0.99),
+            self.calm.len(),
+            self.busy.len(),
+        )
+    }
+}
+
+/// One connection logs in to and leaves `rooms` fresh room ids, while a chatter in `main`
+/// times its round trips (and as long before, for comparison).
+async fn churn(s: &Server, rooms: usize) -> Churn {
     let rss0 = rss_kib(s.pid());
     let quiet_for = Duration::from_secs(if rooms > 10_000 { 10 } else { 2 });
-    let mut calm = timed_chat(&s, tokio::time::sleep(quiet_for)).await;
-
+    let calm = timed_chat(s, tokio::time::sleep(quiet_for)).await;
     let t0 = Instant::now();
-    let mut busy = timed_chat(&s, async {
-        let mut c = Client::connect_as(&s, "churner", None).await;
+    let busy = timed_chat(s, async {
+        let mut c = Client::connect_as(s, "churner", None).await;
         for i in 0..rooms {
             let room = format!("churn{i}");
             c.login(&room).await;
@@ -85,38 +109,96 @@ async fn a_churn_of_fresh_room_ids_leaves_no_key_and_other_rooms_keep_chatting()
         c.close().await;
     })
     .await;
-    let churn = t0.elapsed();
-    let rss1 = rss_kib(s.pid());
-    let health = healthz(&s).await;
+    let secs = t0.elapsed().as_secs_f64();
     assert!(!busy.is_empty() && !calm.is_empty());
+    Churn { secs, rss_kib: (rss0, rss_kib(s.pid())), calm, busy }
+}
 
+/// The store's logical keys after a clean stop.
+async fn keys_after_stop(s: &mut Server) -> Vec<String> {
     s.terminate();
-    s.wait_exit(Duration::from_secs(30)).await;
-    let data = s.data_dir.to_str().unwrap().to_string();
-    let (st, out, err) = run_natter(&["keys", "*", "--data", &data]);
+    s.wait_exit(Duration::from_secs(60)).await;
+    let (st, out, err) = run_natter(&["keys", "*", "--data", s.data_dir.to_str().unwrap()]);
     assert!(st.success(), "natter keys failed: {err}");
-    let keys: Vec<&str> = out.lines().collect();
-    let left: Vec<&&str> = keys.iter().filter(|k| k.contains("churn") || k.contains("last")).collect();
-    assert!(left.is_empty(), "{} fresh rooms joined and left leave no key, found: {left:?}", rooms + 1);
-    assert!(keys.iter().any(|k| k.contains("room:main:history")), "the chat was kept: {out}");
+    out.lines().map(str::to_string).collect()
+}
 
+/// A server that lets the abuser through the event rate, so that what is measured is state.
+async fn unthrottled() -> Server {
+    Server::start(ServerOpts::new().arg("--rate-per-sec", 100_000).arg("--rate-burst", 100_000)).await
+}
+
+#[tokio::test]
+async fn a_churn_of_fresh_room_ids_leaves_no_key_and_other_rooms_keep_chatting() {
+    let rooms = 600;
+    let mut s = unthrottled().await;
+    let mut figures = churn(&s, rooms).await;
+    let keys = keys_after_stop(&mut s).await;
+    let left: Vec<&String> = keys.iter().filter(|k| k.contains("churn") || k.contains("last")).collect();
+    assert!(left.is_empty(), "{} fresh rooms joined and left leave no key, found: {left:?}", rooms + 1);
+    assert!(keys.iter().any(|k| k.contains("room:main:history")), "the chat was kept: {keys:?}");
+    eprintln!("churn: {}", figures.report(rooms));
+}
+
+/// Before/after figures for docs/security.md (any build: point `NATTER_TEST_BIN` at an earlier
+/// one): a churn of `NATTER_CHURN_ROOMS` (100,000) rooms, 20,000 cids from one uid, and 1,000
+/// messages of 4,096 escaped characters (24 KiB each) queued for one departed member.
+#[tokio::test]
+#[ignore]
+async fn measure_bounded_state() {
+    let rooms: usize = std::env::var("NATTER_CHURN_ROOMS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let mut s = unthrottled().await;
+    let mut figures = churn(&s, rooms).await;
+    eprintln!("churn: {}", figures.report(rooms));
+
+    let mut gone = Client::connect_as(&s, "gone", None).await;
+    gone.login("big").await;
+    gone.close().await;
+    let mut sender = Client::connect_as(&s, "sender", None).await;
+    sender.login("big").await;
+    let text = "\u{1}".repeat(4_096);
+    let t0 = Instant::now();
+    for i in 0..1_000 {
+        sender.say_cid("big", &text, &format!("big{i}")).await;
+        sender.recv_event("ack").await;
+    }
+    sender.login("small").await;
+    // In windows, reading the acks, so that the sender's own outbound queue never fills.
+    for w in 0..100 {
+        for i in w * 200..(w + 1) * 200 {
+            sender.say_cid("small", &format!("s{i}"), &format!("c{i}")).await;
+        }
+        let last = format!("c{}", (w + 1) * 200 - 1);
+        while sender.recv_event("ack").await["cid"] != last.as_str() {}
+    }
+    eprintln!("publishing: {:.1} s; RSS {} KiB", t0.elapsed().as_secs_f64(), rss_kib(s.pid()));
+    let data_bytes = dir_bytes(&s.data_dir);
+    let keys = keys_after_stop(&mut s).await;
+    let count = |f: &dyn Fn(&str) -> bool| keys.iter().filter(|k| f(k)).count();
+    let (st, queue, _) = run_natter(&["get", "offline:gone", "--data", s.data_dir.to_str().unwrap()]);
+    assert!(st.success());
     eprintln!(
-        "churn: {rooms} fresh rooms joined+left in {:.1} s ({:.0}/s); healthz rooms at the end {}; \
-         RSS {} -> {} KiB; keys after stop {}; main-room round trip p50/p99: calm {:?}/{:?}, \
-         during churn {:?}/{:?} ({} and {} samples)",
-        churn.as_secs_f64(),
-        rooms as f64 / churn.as_secs_f64(),
-        health["rooms"],
-        rss0,
-        rss1,
+        "after stop: {} logical keys, {} of them churn rooms', {} dedupe records; offline:gone {} entries, \
+         {} bytes as `natter get` prints them (escaped); data dir {} KiB",
         keys.len(),
-        percentile(&mut calm, 0.5),
-        percentile(&mut calm, 0.99),
-        percentile(&mut busy, 0.5),
-        percentile(&mut busy, 0.99),
-        calm.len(),
-        busy.len(),
+        count(&|k| k.contains("churn")),
+        count(&|k| k.contains("dedupe:")),
+        queue.lines().filter(|l| l.split_once(") ").is_some_and(|(n, _)| n.parse::<u64>().is_ok())).count(),
+        queue.len(),
+        data_bytes / 1024,
     );
+}
+
+/// Bytes allocated under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => std::os::unix::fs::MetadataExt::blocks(&m) * 512,
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 #[tokio::test]
