@@ -213,6 +213,20 @@ impl Inner {
         Ok(w)
     }
 
+    /// Before a scan: the overlay applied, so that the scan sees every publish. While the disk
+    /// is failing the overlay cannot be applied, and reads go on from what sled holds: the
+    /// publishes still in the overlay were never acked, and they are applied after the reopen.
+    fn settled_for_read(&self) -> Result<()> {
+        let mut w = self.lock();
+        if self.engine.is_broken() {
+            return Ok(());
+        }
+        match self.apply(&mut w) {
+            Err(e) if !self.engine.is_broken() => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// A point read through the overlays (first match wins), then sled.
     fn get(&self, layers: &[&Pending], k: &[u8]) -> Result<Option<Vec<u8>>> {
         match layers.iter().find_map(|p| p.0.get(k)) {
@@ -405,7 +419,7 @@ impl Store for SledStore {
     }
 
     fn history_after(&self, room: &str, after: u64) -> Result<Vec<Stored>> {
-        drop(self.settled()?);
+        self.settled_for_read()?;
         // Newest first, so a short replay reads only what it returns.
         let mut out = Vec::new();
         for item in self.engine.db()?.scan_prefix(keys::history_prefix(room)).rev() {
@@ -421,7 +435,7 @@ impl Store for SledStore {
     }
 
     fn queued(&self, uid: &str, room: &str, now_ms: u64) -> Result<Vec<Queued>> {
-        drop(self.settled()?);
+        self.settled_for_read()?;
         let mut out = Vec::new();
         for item in self.engine.db()?.scan_prefix(keys::queue_prefix(uid)) {
             let (k, v) = item?;
