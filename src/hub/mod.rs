@@ -233,7 +233,30 @@ impl Hub {
             total: st.total(),
         });
         st.fan_out(&wire::text(&json), &self.metrics);
+        if st.conns.is_empty() && st.last_id == 0 {
+            self.drop_unused(&room, &mut st, roomid);
+        }
         Ok(())
+    }
+
+    /// Drops a room nobody is in that never had an id given, at once rather than at the next
+    /// idle sweep: there is no message to flush first and no id to keep (its reservation goes
+    /// with it), and a churn of fresh room ids must not pile up rooms in memory for a minute.
+    /// A join racing with this finds the room evicted and opens it afresh.
+    fn drop_unused(&self, room: &Arc<Room>, st: &mut RoomState, roomid: &str) {
+        // Lock order: a room, then the map. The release happens under the map lock, and only
+        // while the map holds this room: an opener checks the reservation under that lock too,
+        // so it never keeps a room whose reservation was just removed.
+        let mut rooms = self.rooms.locked();
+        if !rooms.get(roomid).is_some_and(|r| Arc::ptr_eq(r, room)) {
+            return;
+        }
+        if let Err(e) = self.store.release_ids(roomid, 0) {
+            tracing::warn!("room {roomid}: releasing its ids failed (left to the idle sweep): {e:#}");
+            return;
+        }
+        rooms.remove(roomid);
+        st.evicted = true;
     }
 
     pub fn leave(&self, conn: &Conn, who: &Who, roomid: &str) -> Result<(), HubError> {

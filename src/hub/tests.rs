@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use crate::sync::LockExt;
+
 use serde_json::Value;
 
 use super::{Hub, Who};
@@ -61,6 +63,30 @@ async fn idle_rooms_are_evicted_and_reopen_where_they_were() {
     assert_eq!(ev[0]["event"], "login");
     assert_eq!(ev[0]["total"], 1, "membership survived the eviction");
     assert_eq!(ev[1]["id"], 2, "ids continue");
+}
+
+#[tokio::test]
+async fn a_room_that_never_had_a_message_goes_with_its_last_connection() {
+    let (hub, store) = hub();
+    let who = Who { uid: "u1", name: "U1" };
+    let out = Arc::new(Outbox::new(100, 1 << 20));
+    let c = hub.register(out.clone());
+    for room in ["fresh", "kept"] {
+        hub.join(&c, &who, room, None).await.unwrap();
+    }
+    assert!(store.last_id("fresh").unwrap() > 0, "opening reserves ids");
+    hub.publish(&c, &who, "kept", "one", None).unwrap();
+    hub.leave(&c, &who, "fresh").unwrap();
+    assert!(!hub.rooms.locked().contains_key("fresh"), "dropped at once");
+    assert_eq!(store.last_id("fresh").unwrap(), 0, "its reservation went with it");
+    hub.disconnect(&c, &who, &["kept".to_string()]);
+    assert!(hub.rooms.locked().contains_key("kept"), "a room with a message waits for the sweep (its flush)");
+    // Back in the dropped room: opened afresh, ids from 1.
+    let c2 = hub.register(out.clone());
+    hub.join(&c2, &who, "fresh", None).await.unwrap();
+    hub.publish(&c2, &who, "fresh", "first", None).unwrap();
+    let ev = events(&out).await;
+    assert_eq!(ev.last().unwrap()["id"], 1, "{ev:?}");
 }
 
 #[tokio::test]
