@@ -29,6 +29,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the chat server.
     Serve(Box<ServeArgs>),
+    /// Check what `serve` would start with (the same flags and environment): flags, certificate
+    /// and key, data dir, listen addresses. Prints one `ok: ...` line, or names what is wrong.
+    Check(Box<ServeArgs>),
     /// Print a signed HS256 token (for tests, scripts and the bench tool).
     Token(TokenArgs),
     /// List logical store keys matching a glob PATTERN (redis-cli style). Stop the server first.

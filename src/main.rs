@@ -14,6 +14,10 @@ use natter::store::sled_store::SledStore;
 use natter::store::{Bounds, Store};
 use natter::supervise::supervise;
 
+/// Exit status of any command that fails (bad flags or files, a failed check, a server that
+/// could not start); clap's own usage errors exit 2 as well.
+const EXIT_FAILURE: i32 = 2;
+
 fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -23,6 +27,7 @@ fn main() {
         .init();
     let result = match cli.command {
         Command::Serve(args) => args.to_config().and_then(serve),
+        Command::Check(args) => natter::check::run(&args).map(|ok| println!("{ok}")),
         Command::Token(t) => t.mint().map(|tok| println!("{tok}")),
         Command::Keys(k) => open_for_inspection(&k.data)
             .and_then(|s| natter::inspect::keys(&s, &k.pattern))
@@ -34,7 +39,7 @@ fn main() {
     };
     if let Err(e) = result {
         eprintln!("natter: {e:#}");
-        std::process::exit(2);
+        std::process::exit(EXIT_FAILURE);
     }
 }
 
@@ -85,7 +90,9 @@ async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     // Before anything opens files: connections are files too.
     let nofile = natter::admission::raise_open_file_limit();
     let tls = match &cfg.tls {
-        Some(files) => Some(tokio_rustls::TlsAcceptor::from(natter::tls::server_config(files)?)),
+        Some(files) => {
+            Some(tokio_rustls::TlsAcceptor::from(natter::tls::server_config(natter::tls::Certs::load(files)?)?))
+        }
         None => None,
     };
     std::fs::create_dir_all(&cfg.data_dir)
