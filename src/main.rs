@@ -72,7 +72,17 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             tracing::info!("shutting down");
             signals.cancel();
         });
-        run(cfg, shutdown).await
+        // Registered before the listening line, so a SIGHUP from then on never kills the process.
+        let reload = Arc::new(tokio::sync::Notify::new());
+        let mut hup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("SIGHUP handler")?;
+        let notify = reload.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                notify.notify_one();
+            }
+        });
+        run(cfg, shutdown, reload).await
     })
 }
 
@@ -86,14 +96,25 @@ async fn wait_for_signal() {
     }
 }
 
-async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// `reload` fires on SIGHUP: the certificate and key are read again for new handshakes.
+async fn run(cfg: Config, shutdown: CancellationToken, reload: Arc<tokio::sync::Notify>) -> anyhow::Result<()> {
     // Before anything opens files: connections are files too.
     let nofile = natter::admission::raise_open_file_limit();
     let tls = match &cfg.tls {
         Some(files) => {
-            Some(tokio_rustls::TlsAcceptor::from(natter::tls::server_config(natter::tls::Certs::load(files)?)?))
+            let certs = natter::tls::Certs::load(files)?;
+            tokio::spawn(natter::tls::reload_on(certs.clone(), reload, shutdown.clone()));
+            Some(tokio_rustls::TlsAcceptor::from(natter::tls::server_config(certs)?))
         }
-        None => None,
+        None => {
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                while tokio::select! { _ = reload.notified() => true, _ = stop.cancelled() => false } {
+                    tracing::info!("reload: no --cert/--key, nothing to reload");
+                }
+            });
+            None
+        }
     };
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("--data: cannot create {}", cfg.data_dir.display()))?;

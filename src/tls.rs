@@ -78,6 +78,26 @@ impl ResolvesServerCert for Certs {
     }
 }
 
+/// Reloads `certs` each time `reload` is notified (main turns SIGHUP into that), until
+/// `shutdown`. Every outcome is logged: a refused pair names the flag and file and says that the
+/// certificate in use stays.
+pub async fn reload_on(
+    certs: Arc<Certs>,
+    reload: Arc<tokio::sync::Notify>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = reload.notified() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match certs.reload() {
+            Ok(()) => tracing::info!("reload: new handshakes get the certificate in {}", certs.files.cert.display()),
+            Err(e) => tracing::error!("reload refused, the certificate in use stays: {e:#}"),
+        }
+    }
+}
+
 /// The server's TLS configuration, its certificate taken from `certs` at each handshake.
 pub fn server_config(certs: Arc<Certs>) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
