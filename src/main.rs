@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use natter::cli::{Cli, Command};
+use natter::cli::{Cli, Command, LogFormat};
 use natter::config::{Config, JwtKey};
 use natter::store::sled_store::SledStore;
 use natter::store::{Bounds, Store};
@@ -20,11 +20,13 @@ const EXIT_FAILURE: i32 = 2;
 
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("NATTER_LOG").unwrap_or_else(|_| "info".into()))
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NATTER_LOG").unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // One JSON object per line, the message at the top level beside level and timestamp.
+        LogFormat::Json => logs.json().flatten_event(true).with_ansi(false).init(),
+    }
     let result = match cli.command {
         Command::Serve(args) => args.to_config().and_then(serve),
         Command::Check(args) => natter::check::run(&args).map(|ok| println!("{ok}")),
@@ -38,7 +40,11 @@ fn main() {
         Command::Bench(b) => natter::bench::run(*b),
     };
     if let Err(e) = result {
-        eprintln!("natter: {e:#}");
+        // A log shipper reading JSON gets the reason as JSON too.
+        match cli.log_format {
+            LogFormat::Text => eprintln!("natter: {e:#}"),
+            LogFormat::Json => tracing::error!("natter: {e:#}"),
+        }
         std::process::exit(EXIT_FAILURE);
     }
 }
