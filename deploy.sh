@@ -160,13 +160,14 @@ act() {
   if [ -n "$dry_run" ]; then echo "[dry-run] run: $1"; return 0; fi
   "${ssh_cmd[@]}" "$sudo sh -c $(q "$1")"
 }
-[ "$(look 'id -u')" = 0 ] || sudo="sudo -n"
 
 # --- can the host run this binary? --------------------------------------------------------------
 # shellcheck disable=SC2016  # expanded on the host
-read -r arch libc has_systemd < <(look 'v=$(getconf GNU_LIBC_VERSION 2>/dev/null) || v=none
+read -r uid arch libc has_systemd has_tools < <(look 'v=$(getconf GNU_LIBC_VERSION 2>/dev/null) || v=none
   s=no; [ -d /run/systemd/system ] && s=yes
-  echo "$(uname -m) $(echo "$v" | tr " " -) $s"')
+  t=no; command -v setpriv >/dev/null && command -v setsid >/dev/null && t=yes
+  echo "$(id -u) $(uname -m) $(echo "$v" | tr " " -) $s $t"')
+[ "$uid" = 0 ] || sudo="sudo -n"
 note "host $host: $arch, libc ${libc}, systemd running: $has_systemd"
 if [ -r "$binary" ] && [ "$(head -c 4 "$binary" | od -An -tx1 | tr -d ' ')" = 7f454c46 ]; then
   machine=$(od -An -tu2 -j18 -N2 "$binary" | tr -d ' ')
@@ -188,16 +189,38 @@ fi
 if [ "$manager" = systemd ] && [ "$has_systemd" != yes ]; then
   die "$EXIT_REFUSED" "systemd is not running on $host: use --service-manager none"
 fi
-if [ "$manager" = none ]; then
-  look 'command -v setpriv >/dev/null && command -v setsid >/dev/null' ||
-    die "$EXIT_REFUSED" "--service-manager none needs setpriv and setsid (util-linux) on $host"
+if [ "$manager" = none ] && [ "$has_tools" != yes ]; then
+  die "$EXIT_REFUSED" "--service-manager none needs setpriv and setsid (util-linux) on $host"
 fi
+
+# --- what is on the host now: one read ----------------------------------------------------------
+# Lines "sha HASH PATH", "dir MODE:OWNER:GROUP PATH" ("-" when absent) and "flag yes NAME".
+declare -A have=()
+snapshot() {
+  local s="" f kind val path
+  for f in "$bin" "$env_file" "$tls_dir/fullchain.pem" "$tls_dir/privkey.pem" "$unit" "$ctl" "$hook" \
+    "$live/fullchain.pem"; do
+    s+="h=\$(sha256sum $(q "$f") 2>/dev/null | cut -d' ' -f1); echo \"sha \${h:--} \"$(q "$f");"$'\n'
+  done
+  for f in "$bin_dir" "$etc" "$tls_dir" "$data" "${ctl%/*}" "${hook%/*}"; do
+    s+="m=\$(stat -c %a:%U:%G $(q "$f") 2>/dev/null); echo \"dir \${m:--} \"$(q "$f");"$'\n'
+  done
+  s+="getent passwd $SERVICE_USER >/dev/null && echo flag yes user;"$'\n'
+  s+="test -e $(q "$secret") && echo flag yes secret;"$'\n'
+  s+="command -v certbot >/dev/null && echo flag yes certbot;"$'\n'
+  s+="test -e $(q "$live/fullchain.pem") && echo flag yes live;"$'\n'
+  s+="systemctl is-enabled natter 2>/dev/null | grep -qx enabled && echo flag yes enabled;"$'\n'
+  s+="true"
+  while read -r kind val path; do have["$kind $path"]=$val; done < <(look "$s")
+}
+snapshot
+known() { [ "${have[flag $1]:-}" = yes ]; }
 
 # --- files, each written only when it differs ---------------------------------------------------
 changed=()      # paths written in this run (restored from PATH.prev on rollback)
 cert_changed="" restart=""
 sha_local() { sha256sum "$1" | cut -d' ' -f1; }
-sha_remote() { look "sha256sum $(q "$1") 2>/dev/null | cut -d' ' -f1" || true; }
+sha_remote() { [ "${have[sha $1]:--}" = - ] || echo "${have[sha $1]}"; }
 # put LOCAL PATH MODE OWNER:GROUP — keeps the previous content as PATH.prev.
 put() {
   [ "$(sha_local "$1")" != "$(sha_remote "$2")" ] || return 1
@@ -210,23 +233,25 @@ put() {
 }
 # dir PATH MODE OWNER:GROUP
 dir() {
-  [ "$(look "stat -c '%a %U:%G' $(q "$1") 2>/dev/null" || true)" = "${2#0} $3" ] ||
+  [ "${have[dir $1]:--}" = "${2#0}:$3" ] ||
     act "install -d -m $2 -o ${3%:*} -g ${3#*:} $(q "$1")"
 }
 
-look "getent passwd $SERVICE_USER >/dev/null" ||
+known user ||
   act "useradd --system --user-group --home-dir $(q "$data") --no-create-home --shell /usr/sbin/nologin $SERVICE_USER"
 dir "$bin_dir" 0755 root:root
 dir "$etc" 0750 "root:$SERVICE_USER"
 dir "$tls_dir" 0750 "root:$SERVICE_USER"
-look "test -e $(q "$secret")" ||
+known secret ||
   act "umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \\n' > $(q "$secret").new &&
     chown $SERVICE_USER:$SERVICE_USER $(q "$secret").new && mv $(q "$secret").new $(q "$secret")"
 
 if [ -n "$domain" ]; then
-  look 'command -v certbot >/dev/null' || die "$EXIT_REFUSED" "--letsencrypt: install certbot on $host first"
-  look "test -e $(q "$live/fullchain.pem")" ||
+  known certbot || die "$EXIT_REFUSED" "--letsencrypt: install certbot on $host first"
+  if ! known live; then
     act "certbot certonly --standalone --non-interactive --agree-tos --register-unsafely-without-email -d $(q "$domain")"
+    have["sha $live/fullchain.pem"]=new
+  fi
   dir "$(dirname "$hook")" 0755 root:root
   render certbot-hook.in hook
   put "$work/hook" "$hook" 0755 root:root || true
@@ -249,7 +274,7 @@ dir "$data" 0750 "$SERVICE_USER:$SERVICE_USER"
 if [ "$manager" = systemd ]; then
   render natter.service.in unit
   put "$work/unit" "$unit" 0644 root:root && { act "systemctl daemon-reload"; restart=1; }
-  [ "$(look 'systemctl is-enabled natter 2>/dev/null' || true)" = enabled ] || act "systemctl enable natter"
+  known enabled || act "systemctl enable natter"
 else
   dir "$(dirname "$ctl")" 0755 root:root
   render natterctl.in natterctl
