@@ -8,6 +8,7 @@ readonly EXIT_USAGE=2        # bad arguments or local files
 readonly EXIT_REFUSED=3      # the host cannot run this binary, or lacks what the deploy needs
 readonly EXIT_ROLLED_BACK=4  # the new version did not come up; the previous one runs again
 readonly EXIT_DOWN=5         # not healthy, and no previous version brought it back
+readonly EXIT_NOT_RELOADED=6 # the new certificate was refused on reload; the old one still serves
 readonly SERVICE_USER=natter
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 HEALTH_SECS=${NATTER_DEPLOY_HEALTH_SECS:-30}
@@ -305,31 +306,56 @@ healthy() {
   return 1
 }
 
+# True once natter serves the first certificate of PEM (without openssl here: not checked).
+serves() {
+  command -v openssl >/dev/null || return 0
+  local want got deadline=$(($(date +%s) + HEALTH_SECS))
+  want=$(openssl x509 -in "$1" -outform DER | sha256sum)
+  while [ "$(date +%s)" -lt "$deadline" ]; do
+    got=$(openssl s_client -connect "${domain:-$host}:$port" ${domain:+-servername "$domain"} </dev/null 2>/dev/null |
+      openssl x509 -outform DER 2>/dev/null | sha256sum)
+    [ "$want" != "$got" ] || return 0
+    sleep 0.5
+  done
+  return 1
+}
+# Puts back PATH.prev for every file written in this run; false when there was none.
+restore_changed() {
+  local f restored=""
+  for f in "${changed[@]}"; do
+    look "test -e $(q "$f").prev" || continue
+    note "rolling back $f"
+    act "mv $(q "$f") $(q "$f").failed && cp -p $(q "$f").prev $(q "$f")"
+    restored=1
+  done
+  [ -n "$restored" ]
+}
+
+reloaded=""
 if [ -n "$restart" ] || ! running; then
   note "restarting natter"
   ctl_cmd restart || true
 elif [ -n "$cert_changed" ]; then
   note "new certificate: reloading natter (open connections stay up)"
   ctl_cmd reload
+  reloaded=1
 elif [ ${#changed[@]} -eq 0 ]; then
   note "nothing changed"
 fi
 [ -z "$dry_run" ] || { note "dry run: nothing written"; exit 0; }
 if healthy; then
+  if [ -n "$reloaded" ] && [ -n "$cert" ] && ! serves "$cert"; then
+    note "natter still serves the old certificate after the reload; log tail:"
+    log_tail >&2
+    restore_changed || true
+    die "$EXIT_NOT_RELOADED" "the new certificate was refused (see the log); the files in use are back, kept as *.failed"
+  fi
   note "natter is healthy at $url ($(($(date +%s) - start_time)) s)"
   exit 0
 fi
 note "natter is not healthy at $url after $HEALTH_SECS s; log tail:"
 log_tail >&2
-restore=()
-for f in "${changed[@]}"; do
-  look "test -e $(q "$f").prev" && restore+=("$f")
-done
-[ ${#restore[@]} -gt 0 ] || die "$EXIT_DOWN" "nothing to roll back to"
-for f in "${restore[@]}"; do
-  note "rolling back $f"
-  act "mv $(q "$f") $(q "$f").failed && cp -p $(q "$f").prev $(q "$f")"
-done
+restore_changed || die "$EXIT_DOWN" "nothing to roll back to"
 [ "$manager" != systemd ] || act "systemctl daemon-reload"
 ctl_cmd restart || true
 healthy || { log_tail >&2; die "$EXIT_DOWN" "the rolled-back version is not healthy either"; }

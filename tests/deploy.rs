@@ -22,6 +22,8 @@ use tokio_tungstenite::tungstenite::Message;
 const EXIT_REFUSED: i32 = 3;
 /// deploy.sh's exit status when the new version did not come up and the old one runs again.
 const EXIT_ROLLED_BACK: i32 = 4;
+/// deploy.sh's exit status when natter refused the new certificate on reload.
+const EXIT_NOT_RELOADED: i32 = 6;
 /// How long one deploy.sh run may take before the test kills it.
 const DEPLOY_LIMIT: Duration = Duration::from_secs(180);
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -329,6 +331,22 @@ async fn deploy_over_ssh_idempotent_rollback_and_renewal() {
     let (status, leaf) = host.healthz(&tls_b.ca_der).await;
     assert!(status.contains("200"), "{status}");
     assert_eq!(leaf, leaf_der(&tls_b.cert_path), "new handshakes get certificate B");
+
+    // A pair that does not match (certificate A, key B): natter refuses it on reload and keeps
+    // B; deploy.sh sees B still served, puts the files in use back and fails.
+    let mismatched = TlsFiles {
+        cert_path: tls_a.cert_path.clone(),
+        key_path: tls_b.key_path.clone(),
+        ca_path: tls_b.ca_path.clone(),
+        ca_der: tls_b.ca_der.clone(),
+    };
+    let installed_b = host.sha("etc/natter/tls/fullchain.pem");
+    let (code, _, err, _) = host.deploy(bin, &mismatched, 10, &[]);
+    assert_eq!(code, EXIT_NOT_RELOADED, "{err}");
+    assert!(err.contains("reload refused"), "natter's log line is shown: {err}");
+    assert_eq!(host.sha("etc/natter/tls/fullchain.pem"), installed_b, "the files in use are back");
+    assert_eq!(host.healthz(&tls_b.ca_der).await.1, leaf_der(&tls_b.cert_path), "B still served");
+
     ws.send(Message::text(json!({"event": "message", "roomid": "r1", "message": "still here"}).to_string()))
         .await
         .unwrap();
