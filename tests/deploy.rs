@@ -303,7 +303,7 @@ async fn deploy_over_ssh_idempotent_rollback_and_renewal() {
     let broken = host.path("broken-natter");
     std::fs::write(&broken, "#!/bin/sh\necho 'broken natter' >&2\nexit 1\n").unwrap();
     std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let (code, _, err, _) = host.deploy(broken.to_str().unwrap(), &tls_a, 6, &[]);
+    let (code, _, err, _) = host.deploy(broken.to_str().unwrap(), &tls_a, 10, &[]);
     assert_eq!(code, EXIT_ROLLED_BACK, "{err}");
     assert!(err.contains("broken natter"), "the supervisor log tail is printed: {err}");
     assert!(err.contains("rolled back"), "{err}");
