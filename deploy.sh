@@ -289,7 +289,11 @@ fi
 
 # --- (re)start, health, rollback ----------------------------------------------------------------
 if [ "$manager" = systemd ]; then
-  ctl_cmd() { act "systemctl $1 natter"; }
+  # A unit that failed too often in a row is held back by its start limit: restart clears it.
+  ctl_cmd() {
+    if [ "$1" = restart ]; then act "systemctl reset-failed natter 2>/dev/null; systemctl restart natter"
+    else act "systemctl $1 natter"; fi
+  }
   running() { look 'systemctl is-active --quiet natter'; }
   log_tail() { look 'journalctl -u natter -n 40 --no-pager' || true; }
 else
