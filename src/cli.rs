@@ -21,14 +21,28 @@ const DEV_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 
 #[derive(Parser, Debug)]
 #[command(name = "natter", version, about = "A self-hosted real-time chat server over wss://")]
 pub struct Cli {
+    /// Log line format on stderr: `text` for people, `json` (one object per line) for log
+    /// shippers.
+    #[arg(long, global = true, env = "NATTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--log-format`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the chat server.
     Serve(Box<ServeArgs>),
+    /// Check what `serve` would start with (the same flags and environment): flags, certificate
+    /// and key, data dir, listen addresses. Prints one `ok: ...` line, or names what is wrong.
+    Check(Box<ServeArgs>),
     /// Print a signed HS256 token (for tests, scripts and the bench tool).
     Token(TokenArgs),
     /// List logical store keys matching a glob PATTERN (redis-cli style). Stop the server first.

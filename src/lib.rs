@@ -9,6 +9,7 @@ pub mod admission;
 pub mod assets;
 pub mod auth;
 pub mod bench;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod durability;

@@ -8,21 +8,28 @@ use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use natter::cli::{Cli, Command};
+use natter::cli::{Cli, Command, LogFormat};
 use natter::config::{Config, JwtKey};
 use natter::store::sled_store::SledStore;
 use natter::store::{Bounds, Store};
 use natter::supervise::supervise;
 
+/// Exit status of any command that fails (bad flags or files, a failed check, a server that
+/// could not start); clap's own usage errors exit 2 as well.
+const EXIT_FAILURE: i32 = 2;
+
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("NATTER_LOG").unwrap_or_else(|_| "info".into()))
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NATTER_LOG").unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // One JSON object per line, the message at the top level beside level and timestamp.
+        LogFormat::Json => logs.json().flatten_event(true).with_ansi(false).init(),
+    }
     let result = match cli.command {
         Command::Serve(args) => args.to_config().and_then(serve),
+        Command::Check(args) => natter::check::run(&args).map(|ok| println!("{ok}")),
         Command::Token(t) => t.mint().map(|tok| println!("{tok}")),
         Command::Keys(k) => open_for_inspection(&k.data)
             .and_then(|s| natter::inspect::keys(&s, &k.pattern))
@@ -33,8 +40,12 @@ fn main() {
         Command::Bench(b) => natter::bench::run(*b),
     };
     if let Err(e) = result {
-        eprintln!("natter: {e:#}");
-        std::process::exit(2);
+        // A log shipper reading JSON gets the reason as JSON too.
+        match cli.log_format {
+            LogFormat::Text => eprintln!("natter: {e:#}"),
+            LogFormat::Json => tracing::error!("natter: {e:#}"),
+        }
+        std::process::exit(EXIT_FAILURE);
     }
 }
 
@@ -67,7 +78,17 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             tracing::info!("shutting down");
             signals.cancel();
         });
-        run(cfg, shutdown).await
+        // Registered before the listening line, so a SIGHUP from then on never kills the process.
+        let reload = Arc::new(tokio::sync::Notify::new());
+        let mut hup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("SIGHUP handler")?;
+        let notify = reload.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                notify.notify_one();
+            }
+        });
+        run(cfg, shutdown, reload).await
     })
 }
 
@@ -81,12 +102,25 @@ async fn wait_for_signal() {
     }
 }
 
-async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// `reload` fires on SIGHUP: the certificate and key are read again for new handshakes.
+async fn run(cfg: Config, shutdown: CancellationToken, reload: Arc<tokio::sync::Notify>) -> anyhow::Result<()> {
     // Before anything opens files: connections are files too.
     let nofile = natter::admission::raise_open_file_limit();
     let tls = match &cfg.tls {
-        Some(files) => Some(tokio_rustls::TlsAcceptor::from(natter::tls::server_config(files)?)),
-        None => None,
+        Some(files) => {
+            let certs = natter::tls::Certs::load(files)?;
+            tokio::spawn(natter::tls::reload_on(certs.clone(), reload, shutdown.clone()));
+            Some(tokio_rustls::TlsAcceptor::from(natter::tls::server_config(certs)?))
+        }
+        None => {
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                while tokio::select! { _ = reload.notified() => true, _ = stop.cancelled() => false } {
+                    tracing::info!("reload: no --cert/--key, nothing to reload");
+                }
+            });
+            None
+        }
     };
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("--data: cannot create {}", cfg.data_dir.display()))?;
