@@ -31,13 +31,16 @@ pub struct Engine {
     dir: PathBuf,
     db: Mutex<Option<sled::Db>>,
     broken: AtomicBool,
+    /// Called when the engine breaks. Whoever reopens it must hear of it then: once broken,
+    /// writes are refused before they reach the store, so nothing else would wake it.
+    on_broken: Box<dyn Fn() + Send + Sync>,
 }
 
 impl Engine {
-    pub fn open(dir: &Path) -> Result<Engine> {
+    pub fn open(dir: &Path, on_broken: Box<dyn Fn() + Send + Sync>) -> Result<Engine> {
         let db = open_db(dir)?;
         check_identity(dir, &db)?;
-        Ok(Engine { dir: dir.to_path_buf(), db: Mutex::new(Some(db)), broken: AtomicBool::new(false) })
+        Ok(Engine { dir: dir.to_path_buf(), db: Mutex::new(Some(db)), broken: AtomicBool::new(false), on_broken })
     }
 
     /// A handle for one operation (cheap: reference counted). Err only while a reopen failed.
@@ -66,6 +69,7 @@ impl Engine {
                     "store: write failed ({e}): writes are refused until {} has room again",
                     self.dir.display()
                 );
+                (self.on_broken)();
             }
         }
         Ok(r?)
@@ -96,11 +100,11 @@ impl Engine {
     }
 }
 
-/// Opens the data dir; a panic inside sled (it has some on corrupted segments) becomes an error.
 /// How long an open waits for the directory's lock: a handle of this process that was just
 /// dropped lets go of it only when sled's background threads are done with it.
 const LOCK_WAIT: Duration = Duration::from_secs(3);
 
+/// Opens the data dir; a panic inside sled (it has some on corrupted segments) becomes an error.
 fn open_db(dir: &Path) -> Result<sled::Db> {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
