@@ -104,13 +104,19 @@ impl Engine {
 /// dropped lets go of it only when sled's background threads are done with it.
 const LOCK_WAIT: Duration = Duration::from_secs(3);
 
+/// How often sled's background thread writes out its IO buffer and, in the same cycle, cleans
+/// about one segment. sled's default (500 ms) cleans far slower than a steady publish load
+/// dirties segments: a 20-minute soak left 3 GiB on disk for 21 MiB of live data. At 10 ms the
+/// data dir stays within about 2x the live data, for about 4% of a core.
+const FLUSH_EVERY_MS: u64 = 10;
+
 /// Opens the data dir; a panic inside sled (it has some on corrupted segments) becomes an error.
 fn open_db(dir: &Path) -> Result<sled::Db> {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     let opened = loop {
-        let r = std::panic::catch_unwind(|| sled::Config::new().path(dir).cache_capacity(64 << 20).open());
+        let r = std::panic::catch_unwind(|| sled_config(dir).open());
         match &r {
             Ok(Err(e)) if lock_held(e) && std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(50));
@@ -133,6 +139,11 @@ fn open_db(dir: &Path) -> Result<sled::Db> {
             Err(anyhow::anyhow!("--data: cannot open the store in {}: sled failed reading it ({hint})", dir.display()))
         }
     }
+}
+
+/// The one sled configuration of a data dir.
+fn sled_config(dir: &Path) -> sled::Config {
+    sled::Config::new().path(dir).cache_capacity(64 << 20).flush_every_ms(Some(FLUSH_EVERY_MS))
 }
 
 /// sled's "could not acquire lock" (it reports the failed `flock` as a plain I/O error with
