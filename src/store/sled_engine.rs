@@ -1,6 +1,7 @@
 //! The sled handle behind the embedded store, and what keeps the store up when the disk does
 //! not: opening a data dir (no panic escapes, every failure names `--data`, a data dir whose
-//! database was emptied is refused), and surviving a full disk.
+//! database was emptied is refused, a bloated one is compacted by `compact`), and surviving a
+//! full disk.
 //!
 //! sled keeps the first I/O error of a handle forever: once a write hits ENOSPC, every later
 //! write and flush of that handle fails, even after space comes back, while reads mostly go on
@@ -38,8 +39,10 @@ pub struct Engine {
 
 impl Engine {
     pub fn open(dir: &Path, on_broken: Box<dyn Fn() + Send + Sync>) -> Result<Engine> {
+        super::compact::settle(dir)?;
         let db = open_db(dir)?;
         check_identity(dir, &db)?;
+        let db = super::compact::maybe_compact(dir, db, &super::compact::THRESHOLD)?;
         Ok(Engine { dir: dir.to_path_buf(), db: Mutex::new(Some(db)), broken: AtomicBool::new(false), on_broken })
     }
 
@@ -111,7 +114,7 @@ const LOCK_WAIT: Duration = Duration::from_secs(3);
 const FLUSH_EVERY_MS: u64 = 10;
 
 /// Opens the data dir; a panic inside sled (it has some on corrupted segments) becomes an error.
-fn open_db(dir: &Path) -> Result<sled::Db> {
+pub(crate) fn open_db(dir: &Path) -> Result<sled::Db> {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let deadline = std::time::Instant::now() + LOCK_WAIT;
@@ -141,8 +144,8 @@ fn open_db(dir: &Path) -> Result<sled::Db> {
     }
 }
 
-/// The one sled configuration of a data dir.
-fn sled_config(dir: &Path) -> sled::Config {
+/// The one sled configuration of a data dir (a compacted copy is made with it too).
+pub(crate) fn sled_config(dir: &Path) -> sled::Config {
     sled::Config::new().path(dir).cache_capacity(64 << 20).flush_every_ms(Some(FLUSH_EVERY_MS))
 }
 
@@ -187,7 +190,7 @@ fn check_identity(dir: &Path, db: &sled::Db) -> Result<()> {
 }
 
 /// Bytes available to this process on the filesystem of `dir` (None when it cannot be told).
-fn free_bytes(dir: &Path) -> Option<u64> {
+pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     // SAFETY: `c` is a valid NUL-terminated path and `s` a properly sized out-parameter.
