@@ -109,8 +109,10 @@ const LOCK_WAIT: Duration = Duration::from_secs(3);
 
 /// How often sled's background thread writes out its IO buffer and, in the same cycle, cleans
 /// about one segment. sled's default (500 ms) cleans far slower than a steady publish load
-/// dirties segments: a 20-minute soak left 3 GiB on disk for 21 MiB of live data. At 10 ms the
-/// data dir stays within about 2x the live data, for about 4% of a core.
+/// dirties segments: a 20-minute soak left 3 GiB on disk for 21 MiB of live data. At 10 ms a
+/// 475 msg/s load kept the dir near 2x its live data (~4% of a core); heavy queue churn
+/// (benches/sled_space.sh, SCENARIO=offline) still outruns it, at half the default's growth,
+/// which is what the startup compaction (`compact`) takes back.
 const FLUSH_EVERY_MS: u64 = 10;
 
 /// Opens the data dir; a panic inside sled (it has some on corrupted segments) becomes an error.
