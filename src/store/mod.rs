@@ -1,6 +1,9 @@
 //! Storage behind the `Store` trait, shaped around PROTOCOL.md's key scheme so that the hub
 //! never knows which engine holds the data (embedded sled today, Redis when scaled out).
 
+mod compact;
+#[cfg(test)]
+mod compact_tests;
 pub mod keys;
 pub mod memory;
 mod migrate;

@@ -91,7 +91,10 @@ const HISTORY_SWEEP_EVERY: u64 = 256;
 
 impl SledStore {
     pub fn open(dir: &Path, bounds: Bounds) -> Result<Self> {
-        let engine = Engine::open(dir)?;
+        let signal = Arc::new(Signal::default());
+        let ring = signal.clone();
+        // A broken engine wakes the applier, which reopens it once the disk has room.
+        let engine = Engine::open(dir, Box::new(move || ring.ring(false)))?;
         let db = engine.db()?;
         let moved = super::migrate::migrate(&db)
             .with_context(|| format!("--data: cannot upgrade the store in {}", dir.display()))?;
@@ -100,7 +103,6 @@ impl SledStore {
             tracing::info!("store: {moved} entries upgraded to the current layout");
         }
         drop(db);
-        let signal = Arc::new(Signal::default());
         let inner = Arc::new(Inner { engine, bounds, writer: Mutex::default(), signal: signal.clone() });
         let weak = Arc::downgrade(&inner);
         let applier = std::thread::Builder::new()
