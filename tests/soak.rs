@@ -10,6 +10,7 @@
 
 mod common;
 
+use common::proc::{dir_bytes, open_files, rss_kib};
 use common::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -17,30 +18,9 @@ use std::time::{Duration, Instant};
 const ROOMS: usize = 8;
 const CHATTERS: usize = 40;
 
-/// Bytes in the files under `dir` (the data dir: sled's segments and snapshots).
-fn dir_bytes(dir: &std::path::Path) -> u64 {
-    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
-    rd.flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-            // Allocated, not apparent: sled's files may have holes.
-            Ok(m) => std::os::unix::fs::MetadataExt::blocks(&m) * 512,
-            Err(_) => 0,
-        })
-        .sum()
-}
-
 /// (RSS in KiB, open files) of `pid`.
 fn sample(pid: u32) -> (u64, usize) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
-    (rss, fds)
+    (rss_kib(pid), open_files(pid))
 }
 
 /// One simulated user for `until`: chats, changes rooms, drops and reconnects with `since`.

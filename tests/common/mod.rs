@@ -35,6 +35,7 @@ mod checks;
 mod client;
 mod http;
 pub mod oracle;
+pub mod proc;
 mod raw;
 mod rng;
 mod server;
