@@ -11,19 +11,21 @@ use crate::store::keys::Key;
 use crate::store::sled_store::SledStore;
 use crate::store::{values as val, STORE_ID_KEY};
 
-/// sled keys written per batch.
+/// sled keys written per batch, at most.
 pub(crate) const BATCH_KEYS: usize = 10_000;
+/// Bytes of keys and values per batch, at most (10,000 large messages would be far more).
+const BATCH_BYTES: usize = 64 << 20;
 
 /// Loads the dump read from `input` (named `source` in errors: `--in FILE`) into `store`,
 /// which must hold nothing yet (`dir` is its `--data`). Returns the lines of keys loaded.
 pub fn restore(store: &SledStore, dir: &Path, input: &mut dyn BufRead, source: &str) -> Result<u64> {
     let db = store.tree()?;
-    let used = db.iter().keys().filter(|k| k.as_ref().map_or(true, |k| k.as_ref() != STORE_ID_KEY)).count();
-    if used > 0 {
-        bail!("--data: the store in {} is not empty ({used} keys): restore only into a new data dir", dir.display());
+    if let Some(k) = db.iter().keys().find(|k| k.as_ref().map_or(true, |k| k.as_ref() != STORE_ID_KEY)) {
+        k?;
+        bail!("--data: the store in {} is not empty: restore only into a new data dir", dir.display());
     }
     let mut batch = sled::Batch::default();
-    let (mut in_batch, mut written) = (0, 0u64);
+    let (mut in_batch, mut bytes, mut written) = (0, 0, 0u64);
     let mut lines = 0u64;
     let mut ended = false;
     let mut buf = String::new();
@@ -53,15 +55,16 @@ pub fn restore(store: &SledStore, dir: &Path, input: &mut dyn BufRead, source: &
                 continue;
             }
             for (k, v) in writes(&l).with_context(at)? {
+                bytes += k.len() + v.len();
                 batch.insert(k, v);
                 in_batch += 1;
             }
             lines += 1;
-            if in_batch >= BATCH_KEYS {
+            if in_batch >= BATCH_KEYS || bytes >= BATCH_BYTES {
                 db.apply_batch(std::mem::take(&mut batch))
                     .with_context(|| format!("--data: writing {}", dir.display()))?;
                 written += in_batch as u64;
-                in_batch = 0;
+                (in_batch, bytes) = (0, 0);
             }
         }
         if line_no == 1 {
@@ -100,16 +103,19 @@ fn writes(l: &Line) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut out = Vec::new();
     if let Some(room) = mid("room:", ":members") {
         want("set")?;
+        only(l, key, &["members"])?;
         for uid in members(l, key)? {
             out.push((Key::Member { room: component(&room, key)?, uid: component(uid, key)? }.encode(), vec![]));
         }
     } else if let Some(uid) = mid("user:", ":rooms") {
         want("set")?;
+        only(l, key, &["members"])?;
         for room in members(l, key)? {
             out.push((Key::UserRoom { uid: component(&uid, key)?, room: component(room, key)? }.encode(), vec![]));
         }
     } else if let Some(room) = mid("room:", ":seq") {
         want("counter")?;
+        only(l, key, &["value", "stored", "reserved"])?;
         let room = component(&room, key)?;
         match (l.value, l.stored) {
             (Some(id), Some(pos)) => out.push((Key::Seq { room: room.clone() }.encode(), val::seq(id, pos))),
@@ -121,6 +127,7 @@ fn writes(l: &Line) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         }
     } else if let Some(room) = mid("room:", ":history") {
         want("list")?;
+        only(l, key, &["pos", "id", "prev", "msg", "msg_text"])?;
         let pos = need(l.pos, "pos")?;
         let json = msg(l, key)?;
         out.push((
@@ -129,11 +136,13 @@ fn writes(l: &Line) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         ));
     } else if let Some(uid) = key.strip_prefix("offline:") {
         want("list")?;
+        only(l, key, &["n", "ts", "id", "prev", "roomid", "msg", "msg_text"])?;
         let room = l.roomid.as_deref().with_context(|| format!("{key}: no `roomid`"))?;
         let v = val::entry(need(l.ts, "ts")?, need(l.id, "id")?, need(l.prev, "prev")?, room, msg(l, key)?);
         out.push((Key::Queue { uid: component(uid, key)?, n: need(l.n, "n")? }.encode(), v));
     } else if key.starts_with("dedupe:") {
         want("string")?;
+        only(l, key, &["uid", "cid", "ts", "value", "roomid"])?;
         let (uid, cid) = (l.uid.as_deref().unwrap_or_default(), l.cid.as_deref().unwrap_or_default());
         if key != format!("dedupe:{uid}:{cid}") {
             bail!("{key}: `uid` {uid:?} and `cid` {cid:?} do not name this key");
@@ -150,6 +159,34 @@ fn writes(l: &Line) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         bail!("{key}: not a key of the key scheme that a dump holds");
     }
     Ok(out)
+}
+
+/// Refuses a field that a line of this key does not have (beside `key` and `type`).
+fn only(l: &Line, key: &str, allowed: &[&str]) -> Result<()> {
+    let fields = [
+        ("natter_dump", l.natter_dump.is_some()),
+        ("natter", l.natter.is_some()),
+        ("natter_dump_end", l.natter_dump_end.is_some()),
+        ("lines", l.lines.is_some()),
+        ("uid", l.uid.is_some()),
+        ("cid", l.cid.is_some()),
+        ("members", l.members.is_some()),
+        ("pos", l.pos.is_some()),
+        ("n", l.n.is_some()),
+        ("ts", l.ts.is_some()),
+        ("id", l.id.is_some()),
+        ("prev", l.prev.is_some()),
+        ("value", l.value.is_some()),
+        ("stored", l.stored.is_some()),
+        ("reserved", l.reserved.is_some()),
+        ("roomid", l.roomid.is_some()),
+        ("msg", l.msg.is_some()),
+        ("msg_text", l.msg_text.is_some()),
+    ];
+    match fields.iter().find(|(f, set)| *set && !allowed.contains(f)) {
+        Some((f, _)) => bail!("{key}: a line of this key has no `{f}`"),
+        None => Ok(()),
+    }
 }
 
 fn members<'a>(l: &'a Line, key: &str) -> Result<&'a [String]> {

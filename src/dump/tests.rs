@@ -156,6 +156,8 @@ fn restore_refuses_what_is_no_whole_dump_or_a_used_store() {
     let e = err(&good.replacen(r#""type":"counter""#, r#""type":"set""#, 1));
     assert!(e.contains("room:quiet:seq") || e.contains("room:r1:seq"), "{e}");
     assert!(err("").contains("empty"));
+    let e = err(&good.replacen(r#""type":"counter","#, r#""type":"counter","pos":1,"#, 1));
+    assert!(e.contains("has no `pos`"), "{e}");
     let e = err(&good.replacen("\"c:3\",\"ts\"", "\"c3\",\"ts\"", 1));
     assert!(e.contains("do not name this key"), "{e}");
 
