@@ -49,6 +49,10 @@ pub enum Command {
     Keys(KeysArgs),
     /// Print one logical store key (redis-cli style). Stop the server first.
     Get(GetArgs),
+    /// Write the store as JSON lines of its logical keys, for `restore`. Stop the server first.
+    Dump(DumpArgs),
+    /// Load a `dump` into a new, empty store.
+    Restore(RestoreArgs),
     /// Load-test a natter (or any tutorial-protocol) server: fan-out, latency.
     Bench(Box<crate::bench::BenchArgs>),
 }
@@ -263,6 +267,25 @@ pub struct GetArgs {
     pub key: String,
     #[arg(long, env = "NATTER_DATA", default_value = "./natter-data")]
     pub data: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct DumpArgs {
+    #[arg(long, env = "NATTER_DATA", default_value = "./natter-data")]
+    pub data: PathBuf,
+    /// File to write (it must not exist yet), or `-` for stdout.
+    #[arg(long, default_value = "-")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// The data dir to fill: new, or holding an empty store.
+    #[arg(long, env = "NATTER_DATA", default_value = "./natter-data")]
+    pub data: PathBuf,
+    /// The dump to read, or `-` for stdin.
+    #[arg(long = "in", default_value = "-")]
+    pub input: PathBuf,
 }
 
 impl LimitArgs {

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod dump;
 pub mod durability;
 pub mod http;
 pub mod hub;

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use natter::cli::{Cli, Command, LogFormat};
+use natter::cli::{Cli, Command, DumpArgs, LogFormat, RestoreArgs};
 use natter::config::{Config, JwtKey};
 use natter::store::sled_store::SledStore;
 use natter::store::{Bounds, Store};
@@ -37,6 +37,8 @@ fn main() {
         Command::Get(g) => {
             open_for_inspection(&g.data).and_then(|s| natter::inspect::get(&s, &g.key)).map(|v| print!("{v}"))
         }
+        Command::Dump(d) => dump(&d),
+        Command::Restore(r) => restore(&r),
         Command::Bench(b) => natter::bench::run(*b),
     };
     if let Err(e) = result {
@@ -66,6 +68,65 @@ fn open_for_inspection(dir: &std::path::Path) -> anyhow::Result<SledStore> {
         anyhow::bail!("--data: {} does not exist", dir.display());
     }
     SledStore::open(dir, bounds(None)).context("is the server still running? stop it first")
+}
+
+/// `natter dump`: to stdout, or to a new file that gets its name only once the dump is whole.
+fn dump(args: &DumpArgs) -> anyhow::Result<()> {
+    if args.data.exists() && !args.data.join("db").exists() {
+        anyhow::bail!("--data: {} holds no natter store", args.data.display());
+    }
+    let store = open_for_inspection(&args.data)?;
+    let sum = if args.out.as_os_str() == "-" {
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        natter::dump::dump(&store, &mut out, "stdout")?
+    } else {
+        let out = &args.out;
+        if out.exists() {
+            anyhow::bail!("--out: {} exists: choose a new file", out.display());
+        }
+        let tmp = std::path::PathBuf::from(format!("{}.partial", out.display()));
+        let file = std::fs::File::create_new(&tmp)
+            .with_context(|| format!("--out: cannot create {} (is a dump under way?)", tmp.display()))?;
+        let mut w = std::io::BufWriter::new(file);
+        let dest = format!("--out {}", out.display());
+        let written = natter::dump::dump(&store, &mut w, &dest).and_then(|sum| {
+            w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            std::fs::rename(&tmp, out)?;
+            Ok(sum)
+        });
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written.with_context(|| format!("--out: no dump written to {}", out.display()))?
+    };
+    eprintln!(
+        "natter dump: {} keys in {} lines from {}{}",
+        sum.keys,
+        sum.lines,
+        args.data.display(),
+        match sum.skipped {
+            0 => String::new(),
+            n => format!(" ({n} sled keys natter did not write left out)"),
+        }
+    );
+    Ok(())
+}
+
+/// `natter restore`: the input is opened first, so a missing file creates no data dir.
+fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
+    let (mut input, source): (Box<dyn std::io::BufRead>, String) = if args.input.as_os_str() == "-" {
+        (Box::new(std::io::stdin().lock()), "stdin".into())
+    } else {
+        let f =
+            std::fs::File::open(&args.input).with_context(|| format!("--in: cannot open {}", args.input.display()))?;
+        (Box::new(std::io::BufReader::new(f)), format!("--in {}", args.input.display()))
+    };
+    std::fs::create_dir_all(&args.data).with_context(|| format!("--data: cannot create {}", args.data.display()))?;
+    let store = SledStore::open(&args.data, bounds(None))?;
+    let lines = natter::dump::restore(&store, &args.data, &mut input, &source)?;
+    drop(store);
+    eprintln!("natter restore: {lines} lines from {source} into {}", args.data.display());
+    Ok(())
 }
 
 fn serve(cfg: Config) -> anyhow::Result<()> {

@@ -10,6 +10,8 @@ mod migrate;
 #[cfg(test)]
 mod model;
 mod sled_engine;
+/// The sled key holding the store's identity (never dumped: a restored store gets its own).
+pub(crate) use sled_engine::STORE_ID_KEY;
 pub mod sled_store;
 #[cfg(test)]
 mod suite;
