@@ -23,7 +23,9 @@ Installs natter on the host and (re)starts it; a second run with nothing changed
   --letsencrypt DOMAIN        use certbot's certificate for DOMAIN (issued with --standalone when
                               missing), copied by a deploy hook that reloads natter on renewal
   --binary PATH               the natter binary to install (default: cargo build --release)
-  --data DIR                  data directory on the host (default /var/lib/natter)
+  --data DIR                  data directory on the host (default /var/lib/natter/data; natter
+                              compacts a bloated store beside it, so its parent must be
+                              writable by the natter user)
   --service-manager M         systemd (default) or none (natterctl, a small supervisor)
   --ssh-port N                ssh port (default 22)
   --identity FILE             ssh private key
@@ -82,13 +84,16 @@ trap 'rm -rf "$work"' EXIT
 bin_dir=$prefix/usr/local/bin bin=$prefix/usr/local/bin/natter
 etc=$prefix/etc/natter tls_dir=$prefix/etc/natter/tls
 env_file=$etc/natter.env local_env=$etc/local.env secret=$etc/jwt-secret
-data=${data:-$prefix/var/lib/natter}
+# The store lives one level below the state directory: a startup compaction writes its copy
+# beside the data dir (DATA.compact), which must therefore be writable by the service.
+state=$prefix/var/lib/natter
+data=${data:-$state/data}
 unit=$prefix/etc/systemd/system/natter.service
 ctl=$prefix/usr/local/lib/natter/natterctl run_dir=$prefix/run/natter log=$prefix/var/log/natter/natter.log
 hook=$prefix/etc/letsencrypt/renewal-hooks/deploy/natter live=/etc/letsencrypt/live/$domain
 
 rw_paths=""
-case "$data" in /var/lib/natter) ;; *) rw_paths="ReadWritePaths=$data" ;; esac
+case "$data" in /var/lib/natter/*) ;; *) rw_paths="ReadWritePaths=${data%/*}" ;; esac
 # The certbot hook's reload: nothing to do when natter is not running (the first deploy).
 if [ "$manager" = systemd ]; then reload_cmd="systemctl try-reload-or-restart natter"; else reload_cmd="$ctl try-reload"; fi
 render() { # TEMPLATE OUT: @NAME@ replaced by the value of the matching variable
@@ -203,7 +208,7 @@ snapshot() {
     "$live/fullchain.pem"; do
     s+="h=\$(sha256sum $(q "$f") 2>/dev/null | cut -d' ' -f1); echo \"sha \${h:--} \"$(q "$f");"$'\n'
   done
-  for f in "$bin_dir" "$etc" "$tls_dir" "$data" "${ctl%/*}" "${hook%/*}"; do
+  for f in "$bin_dir" "$etc" "$tls_dir" "$state" "$data" "${ctl%/*}" "${hook%/*}"; do
     s+="m=\$(stat -c %a:%U:%G $(q "$f") 2>/dev/null); echo \"dir \${m:--} \"$(q "$f");"$'\n'
   done
   s+="getent passwd $SERVICE_USER >/dev/null && echo flag yes user;"$'\n'
@@ -228,8 +233,10 @@ put() {
   note "installing $2"
   local p; p=$(q "$2")
   if [ -n "$dry_run" ]; then echo "[dry-run] upload: $1 -> $2 ($(wc -c <"$1") bytes, mode $3, $4)"; return 0; fi
+  # `put` runs inside `&&` lists, where set -e does not apply: a failed upload must stop here.
   "${ssh_cmd[@]}" "$sudo sh -c $(q "cat > $p.new && chown $4 $p.new && chmod $3 $p.new &&
-    { [ ! -e $p ] || cp -p $p $p.prev; } && mv $p.new $p")" <"$1"
+    { [ ! -e $p ] || cp -p $p $p.prev; } && mv $p.new $p")" <"$1" ||
+    die "$EXIT_REFUSED" "cannot install $2 on the host (nothing restarted; files installed so far: ${changed[*]:-none})"
   changed+=("$2")
 }
 # dir PATH MODE OWNER:GROUP
@@ -239,7 +246,7 @@ dir() {
 }
 
 known user ||
-  act "useradd --system --user-group --home-dir $(q "$data") --no-create-home --shell /usr/sbin/nologin $SERVICE_USER"
+  act "useradd --system --user-group --home-dir $(q "$state") --no-create-home --shell /usr/sbin/nologin $SERVICE_USER"
 dir "$bin_dir" 0755 root:root
 dir "$etc" 0750 "root:$SERVICE_USER"
 dir "$tls_dir" 0750 "root:$SERVICE_USER"
@@ -271,6 +278,7 @@ NATTER_DATA=$data
 NATTER_JWT_SECRET_FILE=$secret
 EOF
 put "$work/env" "$env_file" 0640 "root:$SERVICE_USER" && restart=1
+[ "${data%/*}" != "$state" ] || dir "$state" 0750 "$SERVICE_USER:$SERVICE_USER"
 dir "$data" 0750 "$SERVICE_USER:$SERVICE_USER"
 if [ "$manager" = systemd ]; then
   render natter.service.in unit

@@ -80,6 +80,19 @@ pub(crate) fn settle(dir: &Path) -> Result<()> {
             compact.display()
         );
     }
+    // `.old` is garbage only when `dir` is its compacted copy (same store id): a `dir` made
+    // afresh meanwhile (an older natter, which knows nothing of this, started on an empty
+    // --data) would otherwise cost the only copy of the data.
+    if old.exists() && store_id(dir) != store_id(&old) {
+        anyhow::bail!(
+            "--data: {} holds the original store of an interrupted compaction, and {} is not its \
+             copy: move {} away and {} back to --data to keep the original",
+            old.display(),
+            dir.display(),
+            dir.display(),
+            old.display()
+        );
+    }
     for leftover in [compact, old] {
         if leftover.exists() {
             std::fs::remove_dir_all(&leftover)
@@ -136,13 +149,27 @@ pub(crate) fn maybe_compact(dir: &Path, db: sled::Db, t: &Threshold) -> Result<s
         }
         Err(e) => {
             tracing::warn!("store: the compacted copy of {} does not open, keeping the original: {e:#}", dir.display());
-            if old.exists() && std::fs::rename(dir, &compact).is_ok() && std::fs::rename(&old, dir).is_ok() {
+            if old.exists() {
+                // Back to the original, or stop: opening `dir` now could create an empty store
+                // there, which the next start would take for the copy.
+                std::fs::rename(dir, &compact).and_then(|()| std::fs::rename(&old, dir)).map_err(|e| {
+                    anyhow::anyhow!(
+                        "--data: cannot move the original store back from {} to {}: {e}",
+                        old.display(),
+                        dir.display()
+                    )
+                })?;
                 sync_parent(dir);
                 let _ = std::fs::remove_dir_all(&compact);
             }
             open_db(dir)
         }
     }
+}
+
+/// The store id file of a data dir (None when unreadable).
+fn store_id(dir: &Path) -> Option<Vec<u8>> {
+    std::fs::read(dir.join(super::sled_engine::STORE_ID_FILE)).ok()
 }
 
 /// Bytes of every key and value, all trees.

@@ -119,6 +119,21 @@ fn an_interrupted_compaction_is_settled_at_the_next_open() {
     assert!(!old.exists());
     assert_eq!(entries(&open_db(&dir).unwrap()), want);
 
+    // An older natter (which knows nothing of compaction) started on an empty --data between
+    // the renames: that fresh store is no copy of the original, which is kept, and the start
+    // refused.
+    let id = super::sled_engine::STORE_ID_FILE;
+    std::fs::rename(&dir, &old).unwrap();
+    std::fs::write(old.join(id), b"the original's id").unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(id), b"a fresh store's id").unwrap();
+    let e = settle(&dir).unwrap_err().to_string();
+    assert!(e.contains("data.old") && e.contains("--data"), "{e}");
+    assert!(old.join("db").exists(), "the original is kept");
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::rename(&old, &dir).unwrap();
+    std::fs::remove_file(dir.join(id)).unwrap();
+
     // Only an unchecked copy: refused, nothing removed.
     std::fs::rename(&dir, &compact).unwrap();
     let e = settle(&dir).unwrap_err().to_string();

@@ -1,5 +1,5 @@
 //! Upgrading a data dir written by an earlier natter (layout 1: history keyed by message id,
-//! queue entries without `prev`; layout 2: dedupe records without their age index) to the
+//! queue entries without `prev`; layout 2: dedupe records without their age index entry) to the
 //! current layout, once, at open. Each room's history and
 //! each batch of queue entries move in one atomic batch, so a crash part-way leaves a data dir
 //! that the next open finishes migrating; nothing is lost or doubled.
@@ -47,23 +47,25 @@ pub fn migrate(db: &sled::Db) -> Result<usize> {
     Ok(moved)
 }
 
-/// Dedupe records written before the age index (layout 2) get their index entries, all in
-/// one batch (records live minutes, so there are few), so that expiry and the cap see them.
-/// Only when no age entry exists at all: once indexed, every record is written with its entry.
+/// Dedupe records without their age index entry (written by a natter from before the index,
+/// layout 2, also after a rollback to one) get it, so that expiry and the cap see them. One
+/// pass over the records, which live minutes and so are few, and one point read each.
 fn index_dedupe(db: &sled::Db) -> Result<usize> {
-    if db.scan_prefix(keys::dedupe_all()).next().is_none() || db.scan_prefix(keys::dedupe_age_all()).next().is_some() {
-        return Ok(0);
-    }
     let mut b = sled::Batch::default();
     let mut n = 0;
     for item in db.scan_prefix(keys::dedupe_all()) {
         let (k, v) = item?;
         if let (Some(Key::Dedupe { uid, cid }), Some((ts, ..))) = (Key::decode(&k), val::parse_dedupe(&v)) {
-            b.insert(Key::DedupeAge { uid, ts, cid }.encode(), &[]);
-            n += 1;
+            let age = Key::DedupeAge { uid, ts, cid }.encode();
+            if !db.contains_key(&age)? {
+                b.insert(age, &[]);
+                n += 1;
+            }
         }
     }
-    db.apply_batch(b)?;
+    if n > 0 {
+        db.apply_batch(b)?;
+    }
     Ok(n)
 }
 

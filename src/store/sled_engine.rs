@@ -26,7 +26,7 @@ const REOPEN_FREE_BYTES: u64 = 16 << 20;
 /// The store's identity, in the database and beside it: a database that lost its contents
 /// (sled opens an emptied file as a new, empty store) no longer matches the file.
 pub(crate) const STORE_ID_KEY: &[u8] = b"!store-id";
-const STORE_ID_FILE: &str = "natter-store-id";
+pub(crate) const STORE_ID_FILE: &str = "natter-store-id";
 
 pub struct Engine {
     dir: PathBuf,

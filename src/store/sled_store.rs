@@ -218,6 +218,8 @@ impl Inner {
     /// Before a scan: the overlay applied, so that the scan sees every publish. While the disk
     /// is failing the overlay cannot be applied, and reads go on from what sled holds: the
     /// publishes still in the overlay were never acked, and they are applied after the reopen.
+    /// (A replay in that window can miss such a publish that went out live and still report
+    /// `recovered:true`; queue entries it drains cannot be dequeued and come again later.)
     fn settled_for_read(&self) -> Result<()> {
         let mut w = self.lock();
         if self.engine.is_broken() {
