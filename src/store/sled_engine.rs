@@ -64,6 +64,11 @@ impl Engine {
         self.check(f(&db))
     }
 
+    /// Refuses writes until the next successful reopen (a reopen that could not finish).
+    pub fn mark_broken(&self) {
+        self.broken.store(true, Ordering::Release);
+    }
+
     /// Passes a result on, marking the engine broken when it is an I/O error.
     pub fn check<T>(&self, r: sled::Result<T>) -> Result<T> {
         if let Err(sled::Error::Io(e)) = &r {

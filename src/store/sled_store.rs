@@ -187,7 +187,12 @@ impl Inner {
         w.queues.0.clear();
         w.dedupes.clear();
         if let Err(e) = self.apply(&mut w) {
-            tracing::error!("store: applying writes after the reopen failed (kept): {e:#}");
+            // The bookkeeping just cleared would be reloaded from sled without the overlay's
+            // entries: no write may run until the overlay is in, so back to broken, and the
+            // next try reopens and applies again.
+            tracing::error!("store: applying writes after the reopen failed (kept, retrying): {e:#}");
+            self.engine.mark_broken();
+            return false;
         }
         true
     }
