@@ -28,7 +28,14 @@ fn main() {
         LogFormat::Json => logs.json().flatten_event(true).with_ansi(false).init(),
     }
     let result = match cli.command {
-        Command::Serve(args) => args.to_config().and_then(serve),
+        Command::Serve(args) => {
+            // A reload (SIGHUP) that comes while the store opens, before the handler is in
+            // place, must not kill the server: ignored until then (the certificate is read
+            // fresh at start anyway). The handler registered later replaces this.
+            // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+            unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+            args.to_config().and_then(serve)
+        }
         Command::Check(args) => natter::check::run(&args).map(|ok| println!("{ok}")),
         Command::Token(t) => t.mint().map(|tok| println!("{tok}")),
         Command::Keys(k) => open_for_inspection(&k.data)
