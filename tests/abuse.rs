@@ -178,3 +178,52 @@ async fn measure_bounded_state() {
         data_bytes / 1024,
     );
 }
+
+#[tokio::test]
+async fn offline_fan_out_of_big_messages_is_held_to_the_byte_cap() {
+    const MEMBERS: usize = 20;
+    const CAP: usize = 40_000;
+    let s = Server::start(
+        ServerOpts::new().arg("--offline-max-bytes", CAP).arg("--rate-per-sec", 1000).arg("--rate-burst", 1000),
+    )
+    .await;
+    // Members who joined once and went away: each gets every message queued.
+    for i in 0..MEMBERS {
+        let mut m = Client::connect_as(&s, &format!("gone{i}"), None).await;
+        m.login("big").await;
+        m.close().await;
+    }
+    let mut sender = Client::connect_as(&s, "sender", None).await;
+    sender.login("big").await;
+    let text = "x".repeat(4_096);
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        sender.say_cid("big", &text, &format!("c{i}")).await;
+        ids.push(sender.recv_event("ack").await["id"].as_u64().unwrap());
+    }
+    // Meanwhile another room chats on.
+    let (mut a, mut b) = two_in_room(&s, "other").await;
+    a.say("other", "still here").await;
+    assert_eq!(b.recv_event("message").await["message"], "still here");
+
+    // Each queue holds the newest messages that fit in the cap, oldest dropped first.
+    let per_entry = 4_096 + 150; // the message object around the text
+    let fit = CAP / per_entry;
+    for i in [0, MEMBERS - 1] {
+        let mut m = Client::connect_as(&s, &format!("gone{i}"), None).await;
+        m.login("big").await;
+        let mut got = Vec::new();
+        while let Some(v) = m.try_recv_json(Duration::from_millis(500)).await {
+            if v["event"] == "message" {
+                assert_eq!(v["offline"], true, "{v}");
+                got.push(v["id"].as_u64().unwrap());
+            }
+        }
+        assert!(
+            (fit.saturating_sub(1)..=fit).contains(&got.len()),
+            "{} queued messages of ~{per_entry} bytes in a {CAP}-byte cap",
+            got.len()
+        );
+        assert_eq!(got, ids[ids.len() - got.len()..], "the newest ones, in order");
+    }
+}
