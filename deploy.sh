@@ -349,7 +349,10 @@ if [ -n "$restart" ] || ! running; then
   ctl_cmd restart || true
 elif [ -n "$cert_changed" ]; then
   note "new certificate: reloading natter (open connections stay up)"
-  ctl_cmd reload
+  ctl_cmd reload || {
+    log_tail >&2
+    die "$EXIT_NOT_RELOADED" "the reload failed (see the log above); the new certificate files are in place"
+  }
   reloaded=1
 elif [ ${#changed[@]} -eq 0 ]; then
   note "nothing changed"

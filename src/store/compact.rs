@@ -107,6 +107,10 @@ pub(crate) fn settle(dir: &Path) -> Result<()> {
 /// the original (with a warning); Err only when the original cannot be opened again.
 pub(crate) fn maybe_compact(dir: &Path, db: sled::Db, t: &Threshold) -> Result<sled::Db> {
     let started = Instant::now();
+    // Files under the slack never qualify: no need to read the whole store to know it.
+    if db.size_on_disk().is_ok_and(|s| s <= t.slack) {
+        return Ok(db);
+    }
     let (on_disk, live) = match db.size_on_disk().and_then(|s| Ok((s, live_bytes(&db)?))) {
         Ok(v) => v,
         Err(e) => {
