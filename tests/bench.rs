@@ -29,6 +29,18 @@ fn assert_all_delivered(r: &Value) {
     assert_eq!(r["closed_by_server"].as_u64(), Some(0), "{r}");
 }
 
+/// `--json` may come after the scenario and its flags, where people type it.
+#[tokio::test]
+async fn json_is_accepted_after_the_scenario() {
+    let s = Server::start(ServerOpts::new().arg("--rate-per-sec", 1000).arg("--rate-burst", 1000)).await;
+    let url = s.ws_url("/ws");
+    let args = ["bench", "--url", &url, "--secret", SECRET, "fanout", "--members", "2", "--duration", "0.5", "--json"];
+    let (status, out, err) = run_natter(&args);
+    assert!(status.success(), "bench failed: {err}");
+    let r: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("no JSON report ({e}): {out}"));
+    assert!(r["sent"].as_u64().unwrap() > 0, "{r}");
+}
+
 /// Against a server's default flood limit the run is refused: the bench must say so (errors,
 /// connections closed by the server, messages lost), not report a quiet success.
 #[tokio::test]

@@ -44,8 +44,8 @@ pub struct BenchArgs {
     /// Connections being set up at once.
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
-    /// Print the report as JSON.
-    #[arg(long)]
+    /// Print the report as JSON (before or after the scenario).
+    #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]
     pub scenario: Scenario,
