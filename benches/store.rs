@@ -12,7 +12,9 @@ use natter::store::sled_store::SledStore;
 use natter::store::{Append, Bounds, Store};
 
 /// The server's defaults (`--history-max`, `--offline-max`, offline TTL, dedupe TTL).
-const BOUNDS: Bounds = Bounds::DEFAULT;
+fn bounds() -> Bounds {
+    Bounds::default()
+}
 const ROOM: &str = "lobby";
 
 /// A stored `message` object with 100 bytes of text, as the hub encodes it.
@@ -37,7 +39,7 @@ fn uids(n: usize) -> Vec<String> {
 
 fn sled_store() -> (tempfile::TempDir, SledStore) {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path(), BOUNDS).unwrap();
+    let store = SledStore::open(dir.path(), bounds()).unwrap();
     (dir, store)
 }
 
@@ -55,7 +57,7 @@ fn append_one(store: &dyn Store, ids: &AtomicU64, json: &[u8], offline: &[&str])
 /// Fills the history window and every offline member's queue to its cap (untimed), so that
 /// each timed append also trims, as in a busy room: the steady state, not a fresh store.
 fn steady(store: &dyn Store, ids: &AtomicU64, json: &[u8], offline: &[&str]) {
-    for _ in 0..=BOUNDS.history_max.max(BOUNDS.offline_max) {
+    for _ in 0..=bounds().history_max.max(bounds().offline_max) {
         append_one(store, ids, json, offline);
     }
 }
@@ -73,7 +75,7 @@ fn append(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("sled", offline), &refs, |b, refs| {
             b.iter(|| append_one(&sled, &ids, &json, refs))
         });
-        let mem = MemoryStore::new(BOUNDS);
+        let mem = MemoryStore::new(bounds());
         let ids = AtomicU64::new(0);
         steady(&mem, &ids, &json, &refs);
         g.bench_with_input(BenchmarkId::new("memory", offline), &refs, |b, refs| {

@@ -72,6 +72,30 @@ impl Default for Limits {
     }
 }
 
+/// How long a `cid` is remembered for dedupe (the contract's 10 minutes).
+pub const DEDUPE_TTL: Duration = Duration::from_secs(600);
+
+impl Limits {
+    /// The part of the limits the store enforces.
+    pub fn store_bounds(&self) -> crate::store::Bounds {
+        crate::store::Bounds {
+            history_max: self.history_max,
+            offline_max: self.offline_max,
+            offline_max_bytes: self.offline_max_bytes,
+            offline_ttl_ms: self.offline_ttl.as_millis() as u64,
+            dedupe_ttl_ms: DEDUPE_TTL.as_millis() as u64,
+            dedupe_max: self.dedupe_max_per_uid,
+        }
+    }
+}
+
+/// The server's default bounds, for tests and benches that set only what they test.
+impl Default for crate::store::Bounds {
+    fn default() -> Self {
+        Limits::default().store_bounds()
+    }
+}
+
 /// How tokens are verified.
 #[derive(Clone)]
 pub enum JwtKey {

@@ -59,15 +59,7 @@ fn main() {
 }
 
 fn bounds(cfg: Option<&Config>) -> Bounds {
-    let l = cfg.map(|c| c.limits.clone()).unwrap_or_default();
-    Bounds {
-        history_max: l.history_max,
-        offline_max: l.offline_max,
-        offline_max_bytes: l.offline_max_bytes,
-        offline_ttl_ms: l.offline_ttl.as_millis() as u64,
-        dedupe_ttl_ms: 10 * 60 * 1000,
-        dedupe_max: l.dedupe_max_per_uid,
-    }
+    cfg.map(|c| c.limits.clone()).unwrap_or_default().store_bounds()
 }
 
 fn open_for_inspection(dir: &std::path::Path) -> anyhow::Result<SledStore> {

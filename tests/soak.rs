@@ -127,7 +127,7 @@ async fn soak() {
     let mut server = std::sync::Arc::try_unwrap(server).ok().expect("every user is done");
     server.terminate();
     server.wait_exit(Duration::from_secs(30)).await;
-    let bounds = natter::store::Bounds::DEFAULT;
+    let bounds = natter::store::Bounds::default();
     let store = natter::store::sled_store::SledStore::open(&data_dir, bounds).expect("reopen the store");
     let mut tags = std::collections::BTreeMap::<char, (usize, usize)>::new();
     for item in store.tree().expect("tree").iter() {

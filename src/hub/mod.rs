@@ -244,19 +244,25 @@ impl Hub {
     /// with it), and a churn of fresh room ids must not pile up rooms in memory for a minute.
     /// A join racing with this finds the room evicted and opens it afresh.
     fn drop_unused(&self, room: &Arc<Room>, st: &mut RoomState, roomid: &str) {
-        // Lock order: a room, then the map. The release happens under the map lock, and only
-        // while the map holds this room: an opener checks the reservation under that lock too,
-        // so it never keeps a room whose reservation was just removed.
+        if let Err(e) = self.evict(room, st, roomid) {
+            tracing::warn!("room {roomid}: releasing its ids failed (left to the idle sweep): {e:#}");
+        }
+    }
+
+    /// Drops a room without connections from the map, its id reservation released down to its
+    /// last id (the caller holds the room lock, and has flushed whatever it stored). Lock
+    /// order: a room, then the map. The release happens under the map lock, and only while the
+    /// map holds this room: an opener checks the reservation under that lock too, so it never
+    /// keeps a room whose reservation was just lowered. True when the room was dropped.
+    fn evict(&self, room: &Arc<Room>, st: &mut RoomState, roomid: &str) -> anyhow::Result<bool> {
         let mut rooms = self.rooms.locked();
         if !rooms.get(roomid).is_some_and(|r| Arc::ptr_eq(r, room)) {
-            return;
+            return Ok(false);
         }
-        if let Err(e) = self.store.release_ids(roomid, 0) {
-            tracing::warn!("room {roomid}: releasing its ids failed (left to the idle sweep): {e:#}");
-            return;
-        }
+        self.store.release_ids(roomid, st.last_id)?;
         rooms.remove(roomid);
         st.evicted = true;
+        Ok(true)
     }
 
     pub fn leave(&self, conn: &Conn, who: &Who, roomid: &str) -> Result<(), HubError> {

@@ -92,11 +92,7 @@ impl Hub {
             if !st.conns.is_empty() || st.last_id != last_id || st.evicted {
                 continue;
             }
-            self.store.release_ids(&id, st.last_id)?;
-            let mut rooms = self.rooms.locked();
-            if rooms.get(&id).is_some_and(|r| Arc::ptr_eq(r, &room)) {
-                rooms.remove(&id);
-                st.evicted = true;
+            if self.evict(&room, &mut st, &id)? {
                 evicted += 1;
             }
         }

@@ -12,14 +12,13 @@ use crate::outbox::Outbox;
 use crate::store::memory::MemoryStore;
 use crate::store::{Bounds, Store};
 
+/// Room for everything a hub test stores, nothing expiring.
+fn bounds() -> Bounds {
+    Bounds { history_max: 100, offline_max: 100, offline_ttl_ms: 1 << 40, ..Bounds::default() }
+}
+
 fn hub() -> (Arc<Hub>, Arc<MemoryStore>) {
-    let b = Bounds {
-        history_max: 100,
-        offline_max: 100,
-        offline_ttl_ms: 1 << 40,
-        dedupe_ttl_ms: 600_000,
-        ..Bounds::DEFAULT
-    };
+    let b = bounds();
     let store = Arc::new(MemoryStore::new(b));
     (Hub::new(store.clone(), Arc::new(Metrics::default()), 16), store)
 }
@@ -203,13 +202,7 @@ impl crate::store::Store for Gated {
 }
 
 fn gated() -> (Arc<Hub>, Arc<Gated>) {
-    let b = Bounds {
-        history_max: 100,
-        offline_max: 100,
-        offline_ttl_ms: 1 << 40,
-        dedupe_ttl_ms: 600_000,
-        ..Bounds::DEFAULT
-    };
+    let b = bounds();
     let store = Arc::new(Gated {
         inner: MemoryStore::new(b),
         gate: tokio::sync::watch::channel(true).0,

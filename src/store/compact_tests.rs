@@ -37,7 +37,7 @@ fn bloated(dir: &Path, n: u32, rounds: u32) {
     }
     db.open_tree("other").unwrap().insert(b"k", b"v").unwrap();
     db.flush().unwrap();
-    std::fs::write(dir.join("natter-store-id"), b"0123abcd").unwrap();
+    std::fs::write(dir.join(super::sled_engine::STORE_ID_FILE), b"0123abcd").unwrap();
 }
 
 #[test]
@@ -55,7 +55,7 @@ fn a_bloated_data_dir_is_compacted_keeping_every_entry_and_file() {
     let after = file_bytes(&dir);
     eprintln!("compacted: {before} -> {after} bytes");
     assert!(after * 2 < before, "the file shrank: {before} -> {after} bytes");
-    assert_eq!(std::fs::read(dir.join("natter-store-id")).unwrap(), b"0123abcd");
+    assert_eq!(std::fs::read(dir.join(super::sled_engine::STORE_ID_FILE)).unwrap(), b"0123abcd");
     for leftover in ["data.compact", "data.old"] {
         assert!(!tmp.path().join(leftover).exists(), "{leftover} is gone");
     }

@@ -78,18 +78,6 @@ pub struct Bounds {
     pub dedupe_max: usize,
 }
 
-impl Bounds {
-    /// The server's defaults, for tests and benches that set only what they test.
-    pub const DEFAULT: Bounds = Bounds {
-        history_max: 1_000,
-        offline_max: 1_000,
-        offline_max_bytes: 16 << 20,
-        offline_ttl_ms: 7 * 24 * 3600 * 1000,
-        dedupe_ttl_ms: 600_000,
-        dedupe_max: 10_000,
-    };
-}
-
 /// The contract every backend keeps.
 ///
 /// - Methods are synchronous and fast: an embedded engine answers from memory; a networked

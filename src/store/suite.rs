@@ -6,11 +6,12 @@ use super::memory::MemoryStore;
 use super::sled_store::SledStore;
 use super::{Append, Bounds, Store};
 
-const B: Bounds =
-    Bounds { history_max: 3, offline_max: 2, offline_ttl_ms: 1_000, dedupe_ttl_ms: 500, ..Bounds::DEFAULT };
+fn suite_bounds() -> Bounds {
+    Bounds { history_max: 3, offline_max: 2, offline_ttl_ms: 1_000, dedupe_ttl_ms: 500, ..Bounds::default() }
+}
 
 pub(super) fn backends() -> Vec<(&'static str, Arc<dyn Store>, Option<tempfile::TempDir>)> {
-    backends_with(B)
+    backends_with(suite_bounds())
 }
 
 pub(super) fn backends_with(b: Bounds) -> Vec<(&'static str, Arc<dyn Store>, Option<tempfile::TempDir>)> {
@@ -141,12 +142,12 @@ fn presence_is_cleared() {
 async fn sled_survives_reopen_after_flush() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let s = SledStore::open(dir.path(), B).unwrap();
+        let s = SledStore::open(dir.path(), suite_bounds()).unwrap();
         s.add_member("r", "u").unwrap();
         append(&s, "r", 1, &["u"], crate::now_ms());
         s.flush().await.unwrap();
     }
-    let s = SledStore::open(dir.path(), B).unwrap();
+    let s = SledStore::open(dir.path(), suite_bounds()).unwrap();
     assert_eq!(s.last_id("r").unwrap(), 1);
     assert_eq!(s.members("r").unwrap(), vec!["u"]);
     assert_eq!(take(&s, "u", "r", crate::now_ms()).len(), 1);
@@ -199,7 +200,7 @@ fn queued_is_a_peek_and_dequeue_removes_only_what_was_delivered() {
 #[test]
 fn the_cap_drops_the_oldest_entries_left_after_deliveries() {
     let b =
-        Bounds { history_max: 100, offline_max: 4, offline_ttl_ms: 1_000_000, dedupe_ttl_ms: 500, ..Bounds::DEFAULT };
+        Bounds { history_max: 100, offline_max: 4, offline_ttl_ms: 1_000_000, dedupe_ttl_ms: 500, ..Bounds::default() };
     for (name, s, _d) in backends_with(b) {
         // alice's queue: r1#1 r2#1 r1#2 r2#2; delivering r1 leaves holes before r2's entries
         append(&*s, "r1", 1, &["alice"], 0);
@@ -221,7 +222,7 @@ fn the_cap_drops_the_oldest_entries_left_after_deliveries() {
 #[tokio::test]
 async fn sled_queue_bookkeeping_is_rebuilt_on_open() {
     let b =
-        Bounds { history_max: 100, offline_max: 3, offline_ttl_ms: 1_000_000, dedupe_ttl_ms: 500, ..Bounds::DEFAULT };
+        Bounds { history_max: 100, offline_max: 3, offline_ttl_ms: 1_000_000, dedupe_ttl_ms: 500, ..Bounds::default() };
     let dir = tempfile::tempdir().unwrap();
     {
         let s = SledStore::open(dir.path(), b).unwrap();

@@ -14,7 +14,8 @@ fn ids(s: &dyn Store, room: &str, after: u64) -> Vec<u64> {
 
 #[test]
 fn history_is_kept_by_count_across_id_jumps() {
-    let b = Bounds { history_max: 5, offline_max: 10, offline_ttl_ms: 1 << 40, dedupe_ttl_ms: 500, ..Bounds::DEFAULT };
+    let b =
+        Bounds { history_max: 5, offline_max: 10, offline_ttl_ms: 1 << 40, dedupe_ttl_ms: 500, ..Bounds::default() };
     for (name, s, _d) in backends_with(b) {
         for id in 1..=3 {
             append(&*s, "r", id, &[], 0);
@@ -72,7 +73,8 @@ fn enqueue_writes_queue_entries_only() {
 
 #[tokio::test]
 async fn sled_keeps_the_window_by_count_after_a_reopen() {
-    let b = Bounds { history_max: 5, offline_max: 10, offline_ttl_ms: 1 << 40, dedupe_ttl_ms: 500, ..Bounds::DEFAULT };
+    let b =
+        Bounds { history_max: 5, offline_max: 10, offline_ttl_ms: 1 << 40, dedupe_ttl_ms: 500, ..Bounds::default() };
     let dir = tempfile::tempdir().unwrap();
     {
         let s = SledStore::open(dir.path(), b).unwrap();
@@ -93,7 +95,8 @@ async fn sled_keeps_the_window_by_count_after_a_reopen() {
 /// queue entries without `prev`, seq as one number (the last id given).
 #[tokio::test]
 async fn a_layout_1_data_dir_is_upgraded_on_open() {
-    let b = Bounds { history_max: 10, offline_max: 10, offline_ttl_ms: 1 << 40, dedupe_ttl_ms: 500, ..Bounds::DEFAULT };
+    let b =
+        Bounds { history_max: 10, offline_max: 10, offline_ttl_ms: 1 << 40, dedupe_ttl_ms: 500, ..Bounds::default() };
     let dir = tempfile::tempdir().unwrap();
     {
         let db = sled::open(dir.path()).unwrap();

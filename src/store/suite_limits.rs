@@ -15,11 +15,13 @@ fn known(s: &dyn Store, uid: &str, cids: &[&str], now: u64) -> Vec<bool> {
     cids.iter().map(|c| s.dedupe_get(uid, c, now).unwrap().is_some()).collect()
 }
 
-const CAPPED: Bounds = Bounds { dedupe_max: 3, dedupe_ttl_ms: 500, ..Bounds::DEFAULT };
+fn capped() -> Bounds {
+    Bounds { dedupe_max: 3, dedupe_ttl_ms: 500, ..Bounds::default() }
+}
 
 #[test]
 fn dedupe_records_are_capped_per_uid_oldest_first() {
-    for (name, s, _d) in backends_with(CAPPED) {
+    for (name, s, _d) in backends_with(capped()) {
         for (i, c) in ["c1", "c2", "c3", "c4", "c5"].iter().enumerate() {
             record(&*s, "u", c, i as u64 + 1, 100 + i as u64);
         }
@@ -37,7 +39,7 @@ fn dedupe_records_are_capped_per_uid_oldest_first() {
 
 #[test]
 fn a_cid_recorded_again_keeps_its_new_record_through_expiry() {
-    for (name, s, _d) in backends_with(CAPPED) {
+    for (name, s, _d) in backends_with(capped()) {
         record(&*s, "u", "c1", 1, 100);
         // Expired (100 + 500 <= 700) but not swept yet, then written again.
         record(&*s, "u", "c1", 2, 700);
@@ -55,7 +57,7 @@ fn a_cid_recorded_again_keeps_its_new_record_through_expiry() {
 
 #[test]
 fn dedupe_expiry_reaches_every_uid_and_more_than_a_batch() {
-    let b = Bounds { dedupe_ttl_ms: 500, ..Bounds::DEFAULT };
+    let b = Bounds { dedupe_ttl_ms: 500, ..Bounds::default() };
     for (name, s, _d) in backends_with(b) {
         for i in 0..3_000u64 {
             record(&*s, "u", &format!("c{i}"), i + 1, i);
@@ -79,7 +81,7 @@ fn dedupe_expiry_reaches_every_uid_and_more_than_a_batch() {
 
 #[test]
 fn queue_bytes_are_capped_per_uid_oldest_first() {
-    let b = Bounds { offline_max: 100, offline_max_bytes: 100, offline_ttl_ms: 1 << 40, ..Bounds::DEFAULT };
+    let b = Bounds { offline_max: 100, offline_max_bytes: 100, offline_ttl_ms: 1 << 40, ..Bounds::default() };
     for (name, s, _d) in backends_with(b) {
         let small = |id: u64| format!("{{\"id\":{id:04},\"pad\":\"{}\"}}", "x".repeat(10)); // 30 bytes (opaque to the store)
         for id in 1..=10u64 {
@@ -111,7 +113,7 @@ fn queue_bytes_are_capped_per_uid_oldest_first() {
 
 #[tokio::test]
 async fn sled_dedupe_counts_and_queue_bytes_are_rebuilt_on_open() {
-    let b = Bounds { dedupe_max: 3, offline_max_bytes: 100, ..Bounds::DEFAULT };
+    let b = Bounds { dedupe_max: 3, offline_max_bytes: 100, ..Bounds::default() };
     let dir = tempfile::tempdir().unwrap();
     let json = "z".repeat(40);
     {
@@ -134,7 +136,7 @@ async fn sled_dedupe_counts_and_queue_bytes_are_rebuilt_on_open() {
 
 #[tokio::test]
 async fn sled_indexes_dedupe_records_of_the_earlier_layout() {
-    let b = Bounds { dedupe_ttl_ms: 500, ..Bounds::DEFAULT };
+    let b = Bounds { dedupe_ttl_ms: 500, ..Bounds::default() };
     let dir = tempfile::tempdir().unwrap();
     {
         let s = SledStore::open(dir.path(), b).unwrap();
@@ -158,7 +160,7 @@ async fn sled_indexes_dedupe_records_of_the_earlier_layout() {
 #[test]
 fn sled_a_room_opened_joined_and_left_without_a_message_leaves_no_key() {
     let dir = tempfile::tempdir().unwrap();
-    let s = SledStore::open(dir.path(), Bounds::DEFAULT).unwrap();
+    let s = SledStore::open(dir.path(), Bounds::default()).unwrap();
     let before: Vec<_> = s.tree().unwrap().iter().keys().map(|k| k.unwrap()).collect();
     // What the hub does for a room visited once: reserve on open, join, leave, release on eviction.
     s.reserve_ids("fresh", 65_536).unwrap();
