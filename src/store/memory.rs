@@ -18,6 +18,36 @@ struct Entry {
     json: Bytes,
 }
 
+/// A uid's queue, with the message bytes it holds kept in step (the byte cap reads it at
+/// every push).
+#[derive(Default)]
+struct Queue {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+}
+
+impl Queue {
+    fn push(&mut self, e: Entry) {
+        self.bytes += e.json.len();
+        self.entries.push_back(e);
+    }
+    fn pop_front(&mut self) {
+        if let Some(e) = self.entries.pop_front() {
+            self.bytes -= e.json.len();
+        }
+    }
+    fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) {
+        let bytes = &mut self.bytes;
+        self.entries.retain(|e| {
+            let kept = keep(e);
+            if !kept {
+                *bytes -= e.json.len();
+            }
+            kept
+        });
+    }
+}
+
 #[derive(Default)]
 struct Data {
     members: HashMap<String, BTreeSet<String>>,
@@ -27,7 +57,7 @@ struct Data {
     reserved: HashMap<String, u64>,
     next_n: HashMap<String, u64>,
     history: HashMap<String, VecDeque<Stored>>,
-    queues: HashMap<String, VecDeque<Entry>>,
+    queues: HashMap<String, Queue>,
     dedupe: HashMap<(String, String), (u64, String, u64)>,
     /// Each uid's dedupe records, oldest first, in the sled layout's order (time, then cid
     /// by length and bytes), so both backends drop the same one at the cap.
@@ -54,13 +84,12 @@ impl MemoryStore {
             *next += 1;
             let q = d.queues.entry(uid.to_string()).or_default();
             let json = Bytes::copy_from_slice(a.json);
-            q.push_back(Entry { n, ts: a.now_ms, room: a.room.into(), id: a.id, prev, json });
-            let mut bytes: usize = q.iter().map(|e| e.json.len()).sum();
-            while q.len() > self.bounds.offline_max
-                || (q.len() > 1 && bytes > self.bounds.offline_max_bytes)
-                || q.front().is_some_and(|e| e.ts + self.bounds.offline_ttl_ms <= a.now_ms)
+            q.push(Entry { n, ts: a.now_ms, room: a.room.into(), id: a.id, prev, json });
+            while q.entries.len() > self.bounds.offline_max
+                || (q.entries.len() > 1 && q.bytes > self.bounds.offline_max_bytes)
+                || q.entries.front().is_some_and(|e| e.ts + self.bounds.offline_ttl_ms <= a.now_ms)
             {
-                bytes -= q.pop_front().map(|e| e.json.len()).unwrap_or(0);
+                q.pop_front();
             }
         }
     }
@@ -184,7 +213,8 @@ impl Store for MemoryStore {
         Ok(d.queues
             .get(uid)
             .map(|q| {
-                q.iter()
+                q.entries
+                    .iter()
                     .filter(|e| e.room == room && e.ts + ttl > now_ms)
                     .map(|e| Queued { n: e.n, id: e.id, prev: e.prev, json: e.json.clone() })
                     .collect()
@@ -196,7 +226,7 @@ impl Store for MemoryStore {
         let mut d = self.data.locked();
         if let Some(q) = d.queues.get_mut(uid) {
             q.retain(|e| ns.binary_search(&e.n).is_err());
-            if q.is_empty() {
+            if q.entries.is_empty() {
                 d.queues.remove(uid);
             }
         }
@@ -204,7 +234,7 @@ impl Store for MemoryStore {
     }
 
     fn offline_len(&self, uid: &str) -> Result<usize> {
-        Ok(self.data.locked().queues.get(uid).map(VecDeque::len).unwrap_or(0))
+        Ok(self.data.locked().queues.get(uid).map(|q| q.entries.len()).unwrap_or(0))
     }
 
     fn dedupe_get(&self, uid: &str, cid: &str, now_ms: u64) -> Result<Option<(String, u64)>> {
@@ -227,7 +257,7 @@ impl Store for MemoryStore {
         for q in d.queues.values_mut() {
             q.retain(|e| e.ts + qttl > now_ms);
         }
-        d.queues.retain(|_, q| !q.is_empty());
+        d.queues.retain(|_, q| !q.entries.is_empty());
         Ok(())
     }
 
