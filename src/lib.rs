@@ -2,13 +2,14 @@
 //!
 //! Data flows one way: `server` (accept, `admission`, TLS) -> `http` (routes, upgrade) -> `session`
 //! (reader/writer tasks) -> `protocol` (decode) -> `hub` (rooms, presence) -> `store`.
-//! Fan-out goes back through each connection's `outbox`, held by the hub.
+//! Fan-out goes back through the `broker` to each connection's `outbox`.
 
 pub mod access;
 pub mod admission;
 pub mod assets;
 pub mod auth;
 pub mod bench;
+pub mod broker;
 pub mod check;
 pub mod cli;
 pub mod config;

@@ -12,7 +12,7 @@ use crate::store::{Queued, Stored};
 use crate::sync::LockExt;
 use crate::wire;
 
-use super::room::{Room, RoomConn};
+use super::room::Room;
 use super::{Conn, Hub, HubError, Joined, Who, ID_BLOCK};
 
 /// The payload of the ping that follows a drain: this tag, then the token (8 bytes).
@@ -67,24 +67,35 @@ impl Hub {
             return Ok(r);
         }
         let _opening = self.open_locks[super::stripe(id)].lock().await;
+        if let Some(r) = self.existing_room(id) {
+            return Ok(r);
+        }
+        // Before anything is read: publications from then on reach this node (scaled out).
+        // Paired with the `unsubscribe` of the room's eviction, or of a failed open.
+        self.broker.subscribe(id).await?;
+        let opened = self.open_subscribed(id).await;
+        if opened.is_err() {
+            self.broker.unsubscribe(id);
+        }
+        opened
+    }
+
+    /// `open_room` once subscribed (the caller holds the room id's open lock).
+    async fn open_subscribed(&self, id: &str) -> Result<Arc<Room>, HubError> {
         loop {
-            if let Some(r) = self.existing_room(id) {
-                return Ok(r);
-            }
             let members = self.store.members(id)?;
             let last = self.store.last_id(id)?;
             let upto = last + ID_BLOCK;
             self.store.reserve_ids(id, upto)?;
             self.store.flush().await?;
             let mut rooms = self.rooms.locked();
-            if let Some(r) = rooms.get(id) {
-                return Ok(r.clone());
-            }
+            // Openers of one id take turns on the open lock, and only they insert.
+            debug_assert!(!rooms.contains_key(id));
             // An eviction released ids while we flushed: what we read may be stale, start over.
             if self.store.last_id(id)? != upto {
                 continue;
             }
-            let room = Arc::new(Room::new(members, last, upto));
+            let room = Arc::new(Room::new(members, last, upto, self.subs.room(id)));
             rooms.insert(id.to_string(), room.clone());
             return Ok(room);
         }
@@ -126,7 +137,8 @@ impl Hub {
         }
         // Read before anything is sent: the joiner's `login` says whether this is complete.
         let catch_up = self.read_catch_up(who.uid, roomid, since);
-        let is_new = !st.conns.contains_key(&conn.id);
+        let mut here = room.subs.lock();
+        let is_new = !here.contains(conn.id);
         if is_new && !st.members.contains(who.uid) {
             if let Err(e) = self.store.add_member(roomid, who.uid) {
                 return Some(Err(e.into()));
@@ -143,10 +155,10 @@ impl Hub {
                 tracing::warn!("presence write failed: {e:#}");
             }
             st.offline.remove(who.uid);
-            if st.conns.is_empty() {
+            if here.is_empty() {
                 self.metrics.rooms.inc();
             }
-            st.conns.insert(conn.id, RoomConn { uid, outbox: conn.outbox.clone() });
+            here.add(conn.id, uid, conn.outbox.clone());
         }
         let recovered = since.map(|k| catch_up.as_ref().is_ok_and(|c| recovered(k, &c.replay, &c.queued)));
         if is_new || recovered.is_some() {
@@ -162,7 +174,7 @@ impl Hub {
             };
             // Others get the plain event (a repeated login is not broadcast); the joiner its own.
             if is_new {
-                st.fan_out_except(&wire::text(&protocol::login(&login)), Some(conn.id), &self.metrics);
+                self.broadcast(roomid, &here, wire::text(&protocol::login(&login)), Some(conn.id));
             }
             login.recovered = recovered;
             self.send_one(conn, wire::text(&protocol::login(&login)));

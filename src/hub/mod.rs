@@ -1,10 +1,13 @@
-//! The hub: rooms, presence, fan-out and the per-uid connection count. It holds each
-//! connection's `Outbox` (never a socket), and writes through the `Store`.
+//! The hub: rooms, presence and the per-uid connection count. It holds each connection's
+//! `Outbox` (never a socket), writes through the `Store`, and sends every room event through
+//! the `Broker` (never to a room's connections itself).
 //!
-//! Ordering contract: within a room, ids are assigned, stored and fanned out under the room's
+//! Ordering contract: within a room, ids are assigned, stored and published under the room's
 //! lock, so every connection sees a room's events in id order, and a joiner's replay and
 //! offline drain come before any live message published after its `login`.
 
+#[cfg(test)]
+mod broker_tests;
 mod join;
 mod room;
 mod tasks;
@@ -17,6 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use crate::broker::{Broker, Conns, Kind, LocalBroker, Publication, Subscribers};
 use crate::durability::GroupCommit;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
@@ -27,7 +31,7 @@ use crate::wire;
 
 use room::{Room, RoomState};
 
-pub type ConnId = u64;
+pub use crate::broker::ConnId;
 
 /// A connection as the hub knows it.
 pub struct Conn {
@@ -81,7 +85,7 @@ const ID_BLOCK: u64 = 65_536;
 const STRIPES: usize = 64;
 
 /// The stripe of a striped lock that `key` takes.
-fn stripe(key: &str) -> usize {
+pub(crate) fn stripe(key: &str) -> usize {
     use std::hash::{BuildHasher, BuildHasherDefault};
     BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(key) as usize % STRIPES
 }
@@ -94,6 +98,10 @@ impl From<anyhow::Error> for HubError {
 
 pub struct Hub {
     store: Arc<dyn Store>,
+    /// Every room event goes out through it.
+    broker: Arc<dyn Broker>,
+    /// This node's connections per room, which the broker delivers to.
+    subs: Arc<Subscribers>,
     metrics: Arc<Metrics>,
     commit: Arc<GroupCommit>,
     rooms: Mutex<HashMap<String, Arc<Room>>>,
@@ -123,8 +131,23 @@ impl Hub {
         max_per_uid: usize,
         max_rooms_per_uid: usize,
     ) -> Arc<Hub> {
+        Self::with_broker(store, metrics, max_per_uid, max_rooms_per_uid, |subs| Arc::new(LocalBroker::new(subs)))
+    }
+
+    /// `with_limits`, with the broker `broker` makes from this node's subscribers (the
+    /// single-node `LocalBroker`, or one that reaches other nodes).
+    pub fn with_broker(
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        max_per_uid: usize,
+        max_rooms_per_uid: usize,
+        broker: impl FnOnce(Arc<Subscribers>) -> Arc<dyn Broker>,
+    ) -> Arc<Hub> {
+        let subs = Arc::new(Subscribers::new(metrics.clone()));
         Arc::new(Hub {
             store,
+            broker: broker(subs.clone()),
+            subs,
             metrics,
             commit: Arc::new(GroupCommit::default()),
             rooms: Mutex::new(HashMap::new()),
@@ -200,14 +223,15 @@ impl Hub {
     fn remove(&self, conn: &Conn, who: &Who, roomid: &str, end_membership: bool) -> Result<(), HubError> {
         let room = self.existing_room(roomid).ok_or(HubError::NotInRoom)?;
         let mut st = room.lock();
-        let Some(rc) = st.conns.remove(&conn.id) else {
+        let mut here = room.subs.lock();
+        let Some(uid) = here.remove(conn.id) else {
             return Err(HubError::NotInRoom);
         };
-        if st.conns.is_empty() {
+        if here.is_empty() {
             self.metrics.rooms.dec();
         }
         let left = {
-            let c = st.online.get_mut(&rc.uid).expect("online counts every room connection");
+            let c = st.online.get_mut(&uid).expect("online counts every room connection");
             *c -= 1;
             *c
         };
@@ -217,7 +241,7 @@ impl Hub {
         if left > 0 {
             return Ok(());
         }
-        st.online.remove(&rc.uid);
+        st.online.remove(&uid);
         if end_membership {
             self.store.remove_member(roomid, who.uid)?;
             st.members.remove(who.uid);
@@ -232,8 +256,9 @@ impl Hub {
             num: st.num(),
             total: st.total(),
         });
-        st.fan_out(&wire::text(&json), &self.metrics);
-        if st.conns.is_empty() && st.last_id == 0 {
+        self.broadcast(roomid, &here, wire::text(&json), None);
+        if here.is_empty() && st.last_id == 0 {
+            drop(here);
             self.drop_unused(&room, &mut st, roomid);
         }
         Ok(())
@@ -262,7 +287,17 @@ impl Hub {
         self.store.release_ids(roomid, st.last_id)?;
         rooms.remove(roomid);
         st.evicted = true;
+        self.subs.forget(roomid, &room.subs);
+        self.broker.unsubscribe(roomid);
         Ok(true)
+    }
+
+    /// Publishes a `login`/`logout` to the room (but `except`). Presence is live state: a
+    /// broker failure loses the event, not data, so it is logged, not returned.
+    fn broadcast(&self, roomid: &str, here: &Conns, frame: Bytes, except: Option<ConnId>) {
+        if let Err(e) = self.broker.publish(roomid, here, &Publication { frame, kind: Kind::Presence, except }) {
+            tracing::warn!("room {roomid}: presence event not published: {e:#}");
+        }
     }
 
     pub fn leave(&self, conn: &Conn, who: &Who, roomid: &str) -> Result<(), HubError> {
@@ -286,7 +321,8 @@ impl Hub {
         // Lock order: dedupe stripe, then room.
         let _cid_guard = cid.map(|_| self.dedupe_locks[stripe(who.uid)].locked());
         let mut st = room.lock();
-        if !st.conns.contains_key(&conn.id) {
+        let here = room.subs.lock();
+        if !here.contains(conn.id) {
             return Err(HubError::NotInRoom);
         }
         let now = crate::now_ms();
@@ -311,15 +347,22 @@ impl Hub {
             ts: now,
             cid,
         });
-        let offline = st.offline_now();
+        let closing = here.all_closing();
+        let offline = st.offline_now(&closing);
         let dedupe = cid.map(|c| (who.uid, c));
         let prev =
             self.store.append(&Append { room: roomid, id, json: &json, offline: &offline, dedupe, now_ms: now })?;
         let mut queued_for = offline.len() as u64;
         // Connections that began closing since `offline_now` refuse the frame: their members
         // get it queued too, still before the ack is registered (the flush covers it).
-        let missed = st.fan_out_message(&wire::text(&json), &self.metrics);
-        let missed: Vec<&str> = missed.into_iter().filter(|u| !offline.contains(u)).collect();
+        let p = Publication { frame: wire::text(&json), kind: Kind::Message { id, prev }, except: None };
+        let missed = self.broker.publish(roomid, &here, &p).unwrap_or_else(|e| {
+            // Stored, so replayed and acked: only the live copy is lost.
+            tracing::error!("room {roomid}: message {id} stored but not published: {e:#}");
+            Vec::new()
+        });
+        let missed: Vec<&str> =
+            missed.iter().map(|u| &**u).filter(|u| st.members.contains(*u) && !offline.contains(u)).collect();
         if !missed.is_empty() {
             let a = Append { room: roomid, id, json: &json, offline: &missed, dedupe: None, now_ms: now };
             match self.store.enqueue(&a, prev) {

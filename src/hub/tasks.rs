@@ -76,7 +76,7 @@ impl Hub {
             .filter_map(|(id, r)| {
                 let last_id = {
                     let st = r.lock();
-                    st.conns.is_empty().then_some(st.last_id)
+                    r.subs.lock().is_empty().then_some(st.last_id)
                 };
                 last_id.map(|l| (id, r, l))
             })
@@ -89,7 +89,7 @@ impl Hub {
         for (id, room, last_id) in idle {
             let mut st = room.lock();
             // Someone came (and maybe published) since: not idle after all.
-            if !st.conns.is_empty() || st.last_id != last_id || st.evicted {
+            if !room.subs.lock().is_empty() || st.last_id != last_id || st.evicted {
                 continue;
             }
             if self.evict(&room, &mut st, &id)? {
