@@ -249,6 +249,16 @@ impl RedisStore {
         Ok((rec.0 + self.bounds.dedupe_ttl_ms > now_ms).then(|| (rec.2.to_string(), rec.1)))
     }
 
+    /// Whether an ack can mean durable: AOF on with `appendfsync always` (Redis 7.0 has no
+    /// WAITAOF). An error when CONFIG is refused (managed Redis often renames it): the caller
+    /// then warns that durability is unknown.
+    pub(crate) async fn acks_are_durable(&self) -> Result<bool> {
+        let mut c = self.conn();
+        let aof: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("appendonly").query_async(&mut c).await?;
+        let fsync: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("appendfsync").query_async(&mut c).await?;
+        Ok(aof.get(1).is_some_and(|v| v == "yes") && fsync.get(1).is_some_and(|v| v == "always"))
+    }
+
     /// A no-op: Redis drops what expires by itself. Dedupe records carry a PX TTL; a queue and
     /// its meta hash get a PEXPIRE of `offline_ttl_ms` at every push (its newest entry's age),
     /// `queued` skips entries past their own TTL and each push drops those at the front.

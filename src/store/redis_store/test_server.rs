@@ -25,14 +25,16 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
 }
 
-/// True once the server answers PING with PONG (not while it is still loading its AOF).
+/// True once the server answers PING with PONG (not while it is still loading its AOF), or
+/// asks for a password (`--requirepass`).
 fn answers(port: u16) -> bool {
     let Ok(mut s) = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
     let mut buf = [0u8; 64];
-    s.write_all(b"PING\r\n").is_ok() && s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+    s.write_all(b"PING\r\n").is_ok()
+        && s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"))
 }
 
 impl TestRedis {
@@ -61,7 +63,6 @@ impl TestRedis {
         panic!("redis-server did not start (is it installed? REDIS_SERVER overrides the path)");
     }
 
-    #[allow(dead_code)] // for the multi-node tests (HAProxy in front, nodes on their own ports)
     pub(crate) fn port(&self) -> u16 {
         self.port
     }

@@ -274,3 +274,25 @@ fn queue_entries_parse() {
     assert_eq!((e.n, e.ts, e.id, e.prev, e.room, e.json), (3, 100, 7, 6, "r1", &b"{\"a\":1}"[..]));
     assert!(super::queue::parse_entry(b"3:100:7:6:9:r1{}").is_none());
 }
+
+#[tokio::test]
+async fn a_password_in_the_url_and_the_db_number_are_used() {
+    let r = TestRedis::start_with(&["--appendonly", "no", "--requirepass", "s3cret"]);
+    let url = format!("redis://:s3cret@127.0.0.1:{}/3", r.port());
+    let s = RedisStore::connect(RedisConfig::new(&url, "n1", bounds())).await.unwrap();
+    s.add_member("r", "u").await.unwrap();
+    let db0 = format!("redis://:s3cret@127.0.0.1:{}/0", r.port());
+    let o = RedisStore::connect(RedisConfig::new(&db0, "n1", bounds())).await.unwrap();
+    assert!(o.members("r").await.unwrap().is_empty(), "db 3 is not db 0");
+    let wrong = format!("redis://:nope@127.0.0.1:{}/3", r.port());
+    assert!(RedisStore::connect(RedisConfig::new(&wrong, "n1", bounds())).await.is_err());
+    assert!(RedisStore::connect(RedisConfig::new(&r.url(), "n1", bounds())).await.is_err());
+}
+
+#[tokio::test]
+async fn durability_is_read_from_the_server() {
+    let plain = TestRedis::start();
+    assert!(!store_on(&plain, "n1", bounds()).await.acks_are_durable().await.unwrap());
+    let aof = TestRedis::start_aof();
+    assert!(store_on(&aof, "n1", bounds()).await.acks_are_durable().await.unwrap());
+}
