@@ -160,7 +160,10 @@ pub(crate) struct RedisStore {
 }
 
 impl RedisStore {
-    /// Connects (failing when Redis cannot be reached now) and announces this node live.
+    /// Connects (failing when Redis cannot be reached now) and announces this node live. A
+    /// node id that is live already is refused (two processes writing one node's presence
+    /// would undo each other's); what a dead process with this id left is cleared first, so
+    /// that the new process does not bring its stale presence back to life.
     pub(crate) async fn connect(cfg: RedisConfig) -> Result<Self> {
         let client = redis::Client::open(cfg.url.as_str()).context("redis url")?;
         let mcfg = ConnectionManagerConfig::new()
@@ -179,8 +182,18 @@ impl RedisStore {
             conn,
             scripts: scripts::Scripts::new(),
         };
+        let live: i64 =
+            store.scripts.is_live.key(store.keys.nodes()).arg(&store.node).invoke_async(&mut store.conn()).await?;
+        anyhow::ensure!(live == 0, "node id {:?} is in use by a live natter node", cfg.node_id);
+        store.clear_leftovers().await?;
         store.heartbeat().await?;
         Ok(store)
+    }
+
+    /// The pub/sub channel of `room`: the publish script sends each message there
+    /// (`decode_payload` reads it).
+    pub(crate) fn channel(&self, room: &str) -> String {
+        self.keys.channel(room)
     }
 
     /// A handle for one command (clones share the connection).

@@ -54,22 +54,29 @@ impl RedisStore {
     /// pairs that have no connection on a live node left, for the caller's `logout`s. Any node
     /// may run it at any time: each pair is reported to one caller only.
     pub(crate) async fn sweep_dead_nodes(&self) -> Result<Vec<(String, String)>> {
-        self.sweep("").await
+        self.sweep("", false).await
     }
 
     /// A clean shutdown: this node's presence goes now (and the dead nodes' with it), and it is
     /// no longer live. Returns what went offline, as `sweep_dead_nodes`.
     pub(crate) async fn clear_node(&self) -> Result<Vec<(String, String)>> {
-        self.sweep(&self.node).await
+        self.sweep(&self.node, false).await
     }
 
-    async fn sweep(&self, forced: &str) -> Result<Vec<(String, String)>> {
+    /// What an earlier process with this node id left behind, removed (at `connect`): other
+    /// dead nodes are left to the sweeps, whose callers send their `logout`s.
+    pub(crate) async fn clear_leftovers(&self) -> Result<()> {
+        self.sweep(&self.node, true).await.map(drop)
+    }
+
+    async fn sweep(&self, forced: &str, only: bool) -> Result<Vec<(String, String)>> {
         let mut v: Vec<(String, String)> = self
             .scripts
             .sweep
             .key(self.keys.nodes())
             .arg(&self.keys.prefix)
             .arg(forced)
+            .arg(if only { "1" } else { "0" })
             .invoke_async(&mut self.conn())
             .await?;
         v.sort();

@@ -109,6 +109,13 @@ if was and tonumber(was) > now then return 1 end
 return 0
 "#;
 
+/// 1 when node ARGV[1] is live in KEYS[1] (nodes), else 0.
+const IS_LIVE: &str = r#"
+local at = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if at and tonumber(at) > redis_ms() then return 1 end
+return 0
+"#;
+
 /// Every script, built once.
 pub(crate) struct Scripts {
     pub(crate) publish: Script,
@@ -119,6 +126,7 @@ pub(crate) struct Scripts {
     pub(crate) set_online: Script,
     pub(crate) online: Script,
     pub(crate) heartbeat: Script,
+    pub(crate) is_live: Script,
     pub(crate) sweep: Script,
 }
 
@@ -137,6 +145,7 @@ impl Scripts {
             set_online: with_prelude(SET_ONLINE),
             online: with_prelude(ONLINE),
             heartbeat: with_prelude(HEARTBEAT),
+            is_live: with_prelude(IS_LIVE),
             sweep: with_prelude(include_str!("sweep.lua")),
         }
     }

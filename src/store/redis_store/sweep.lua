@@ -1,12 +1,14 @@
 -- natter: removes the presence of dead nodes (docs/redis.md, "Presence and node expiry").
 -- KEYS: 1 nodes. ARGV: 1 prefix, 2 a node to remove whatever its deadline ('' for none: a
--- sweep), as `clear_node` does at a clean shutdown.
+-- sweep), as `clear_node` does at a clean shutdown, 3 '1' to remove that node only.
 -- Returns room, uid, room, uid, ...: each (room, uid) with no presence left on a live node,
 -- once: the script runs alone, so of two concurrent sweeps the second finds nothing left.
 local prefix, forced = ARGV[1], ARGV[2]
 local now = redis_ms()
 local dead = {}
-for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', d(now))) do dead[n] = true end
+if ARGV[3] ~= '1' then
+  for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', d(now))) do dead[n] = true end
+end
 if forced ~= '' then dead[forced] = true end
 local live = live_nodes(KEYS[1], now)
 local rooms = {}

@@ -109,3 +109,23 @@ async fn a_clean_shutdown_clears_the_nodes_presence_at_once() {
     assert!(n2.sweep_dead_nodes().await.unwrap().is_empty());
     assert!(!n1.heartbeat().await.unwrap(), "it was no longer live");
 }
+
+#[tokio::test]
+async fn a_node_id_is_taken_while_live_and_a_dead_ones_leftovers_are_cleared() {
+    let r = TestRedis::start();
+    let n1 = store_on(&r, "n1", bounds()).await;
+    let old = short_lived(&r, "n2").await;
+    old.set_online("r", "bob", 1).await.unwrap();
+    let again = RedisStore::connect(RedisConfig::new(&r.url(), "n2", bounds())).await;
+    assert!(again.is_err(), "a live node's id is refused");
+    let n3 = short_lived(&r, "n3").await;
+    n3.set_online("r3", "dave", 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    // A new process with the dead one's id, before any sweep: bob does not come back online,
+    // and n3, dead too, is left to a sweep that reports it.
+    let new = store_on(&r, "n2", bounds()).await;
+    assert!(n1.online("r").await.unwrap().is_empty());
+    assert_eq!(new.sweep_dead_nodes().await.unwrap(), pairs(&[("r3", "dave")]));
+    new.set_online("r", "carol", 1).await.unwrap();
+    assert_eq!(n1.online("r").await.unwrap(), vec![("carol".to_string(), 1)]);
+}
