@@ -26,14 +26,18 @@ for _, f in ipairs(redis.call('HKEYS', KEYS[4])) do
   end
 end
 local members = redis.call('SMEMBERS', KEYS[3])
+-- prev: the id of the newest kept message (trimming drops the oldest, so it is the last one
+-- stored), not id - 1: after a restore the counter may be above the last stored id.
+local last = redis.call('LINDEX', KEYS[2], -1)
+local prev = last and tonumber(string.match(last, '^(%d+):')) or 0
 
 -- Writes.
 local id = redis.call('INCR', KEYS[1])
-local prev = id - 1
 local json = ARGV[13] .. d(id) .. ARGV[14] .. d(num) .. ARGV[15] .. d(#members) .. ARGV[16]
 local stored = d(id) .. ':' .. d(prev) .. ':' .. json
 redis.call('RPUSH', KEYS[2], stored)
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
+local keep = tonumber(ARGV[4])
+if keep > 0 then redis.call('LTRIM', KEYS[2], -keep, -1) else redis.call('DEL', KEYS[2]) end
 local prefix = ARGV[1]
 local max, max_bytes, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 for _, uid in ipairs(members) do

@@ -296,3 +296,29 @@ async fn durability_is_read_from_the_server() {
     let aof = TestRedis::start_aof();
     assert!(store_on(&aof, "n1", bounds()).await.acks_are_durable().await.unwrap());
 }
+
+/// Ids jump when the counter was raised without a message (a restore from sled sets it to the
+/// room's reserved ceiling): the window stays the last N by count and `prev` chains to the
+/// message stored before, not to a number that never held one.
+#[tokio::test]
+async fn history_is_kept_by_count_across_id_jumps() {
+    let r = TestRedis::start();
+    let s = store_on(&r, "n1", Bounds { history_max: 5, ..bounds() }).await;
+    for _ in 0..3 {
+        say(&s, "r", "u", "x", 0).await;
+    }
+    let mut c = s.conn();
+    let () = redis::cmd("SET").arg(s.keys.seq("r")).arg(65_539).query_async(&mut c).await.unwrap();
+    assert_eq!(say(&s, "r", "u", "x", 0).await, 65_540);
+    let h = s.history_after("r", 0).await.unwrap();
+    assert_eq!(h.iter().map(|m| (m.id, m.prev)).collect::<Vec<_>>(), vec![(1, 0), (2, 1), (3, 2), (65_540, 3)]);
+    for _ in 0..300 {
+        say(&s, "r", "u", "x", 0).await;
+    }
+    let ids: Vec<u64> = s.history_after("r", 0).await.unwrap().iter().map(|m| m.id).collect();
+    assert_eq!(ids, (65_836..65_841).collect::<Vec<_>>(), "the last 5 by count");
+    assert_eq!(
+        s.history_after("r", 65_838).await.unwrap().iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![65_839, 65_840]
+    );
+}
