@@ -187,7 +187,7 @@ async fn queue_bytes_are_capped_per_uid_oldest_first() {
 #[tokio::test]
 async fn queues_and_dedupe_records_expire_in_redis() {
     let r = TestRedis::start();
-    let b = Bounds { offline_ttl_ms: 300, dedupe_ttl_ms: 300, ..bounds() };
+    let b = Bounds { offline_ttl_ms: 1_000, dedupe_ttl_ms: 1_000, ..bounds() };
     let s = store_on(&r, "n1", b).await;
     s.add_member("r", "carol").await.unwrap();
     let t = template("r", "bob", "x", Some("c1"));
@@ -196,7 +196,7 @@ async fn queues_and_dedupe_records_expire_in_redis() {
     assert_eq!(s.offline_len("carol").await.unwrap(), 1);
     assert!(s.dedupe_get("bob", "c1", now).await.unwrap().is_some());
     s.expire(now + 1_000).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
     assert_eq!(s.offline_len("carol").await.unwrap(), 0, "the queue key expired");
     let mut c = s.conn();
     let n: i64 = redis::cmd("EXISTS")
