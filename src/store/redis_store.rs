@@ -280,6 +280,23 @@ impl RedisStore {
     }
 }
 
+/// Whether a store error means "Redis cannot take it now" (the caller answers `unavailable`
+/// and the client resends later) rather than a bug (`internal`): the connection is down or
+/// timed out, or the server is loading, read-only, out of memory or a cluster part is down.
+pub(crate) fn is_unavailable(e: &anyhow::Error) -> bool {
+    use redis::{ErrorKind, ServerErrorKind as S};
+    e.chain().filter_map(|c| c.downcast_ref::<redis::RedisError>()).any(|r| {
+        r.is_io_error()
+            || r.is_timeout()
+            || r.is_connection_dropped()
+            || matches!(
+                r.kind(),
+                ErrorKind::Server(S::BusyLoading | S::TryAgain | S::ClusterDown | S::MasterDown | S::ReadOnly)
+            )
+            || r.code() == Some("OOM")
+    })
+}
+
 /// `ts:id:room` of a dedupe record.
 fn parse_dedupe(v: &str) -> Option<(u64, u64, &str)> {
     let (ts, rest) = v.split_once(':')?;

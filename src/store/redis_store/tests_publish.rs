@@ -152,11 +152,35 @@ async fn a_publish_fails_while_redis_is_down_and_resumes_after_a_restart() {
     for _ in 0..3 {
         let started = Instant::now();
         let res = s.publish(&Publish { room: "r", uid: "u", cid: None, template: &t, now_ms: 0 }).await;
-        assert!(res.is_err(), "{res:?}");
+        assert!(res.as_ref().is_err_and(super::is_unavailable), "{res:?}");
         assert!(started.elapsed() < Duration::from_secs(6), "failed in {:?}", started.elapsed());
     }
     r.restart();
     assert_eq!(publish_until_ok(&s, Duration::from_secs(10)).await, 2, "ids continue from the AOF");
     let h = s.history_after("r", 0).await.unwrap();
     assert_eq!(h.iter().map(|m| (m.id, m.prev)).collect::<Vec<_>>(), vec![(1, 0), (2, 1)]);
+}
+
+/// Over `maxmemory` the script is refused at its first write: an `unavailable` error, and
+/// nothing of the message anywhere.
+#[tokio::test]
+async fn a_publish_refused_for_memory_writes_nothing() {
+    let r = TestRedis::start();
+    let s = store_on(&r, "n1", bounds()).await;
+    s.add_member("r", "away").await.unwrap();
+    assert_eq!(say(&s, "r", "u", "fits", 0).await, 1);
+    let mut c = s.conn();
+    let () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(1).query_async(&mut c).await.unwrap();
+    let t = template("r", "u", "too much", Some("c9"));
+    let res = s.publish(&Publish { room: "r", uid: "u", cid: Some("c9"), template: &t, now_ms: 0 }).await;
+    assert!(res.as_ref().is_err_and(super::is_unavailable), "{res:?}");
+    let () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(0).query_async(&mut c).await.unwrap();
+    assert_eq!(s.last_id("r").await.unwrap(), 1);
+    assert_eq!(s.history_after("r", 0).await.unwrap().len(), 1);
+    assert_eq!(s.offline_len("away").await.unwrap(), 1);
+    assert_eq!(s.dedupe_get("u", "c9", 0).await.unwrap(), None);
+    // A script error is not `unavailable`.
+    let e: anyhow::Error =
+        redis::cmd("EVAL").arg("return redis.call('NOPE')").arg(0).query_async::<()>(&mut c).await.unwrap_err().into();
+    assert!(!super::is_unavailable(&e), "{e:#}");
 }
