@@ -54,8 +54,10 @@ if cid_member ~= '' then
     -- The oldest record other than this one goes (members sort by time, then cid length and bytes).
     local two = redis.call('ZRANGE', KEYS[7], 0, 1)
     local victim = two[1] ~= cid_member and two[1] or two[2]
-    redis.call('ZREM', KEYS[7], victim)
-    redis.call('DEL', ARGV[11] .. '{' .. esc(string.sub(victim, 4)) .. '}')
+    if victim then
+      redis.call('ZREM', KEYS[7], victim)
+      redis.call('DEL', ARGV[11] .. '{' .. esc(string.sub(victim, 4)) .. '}')
+    end
   end
   redis.call('PEXPIRE', KEYS[7], dedupe_ttl)
 end
