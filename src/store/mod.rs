@@ -9,6 +9,8 @@ pub mod memory;
 mod migrate;
 #[cfg(test)]
 mod model;
+/// The Redis backend for scale-out (issue 11; async, not behind `Store` yet).
+pub(crate) mod redis_store;
 mod sled_engine;
 /// The sled key holding the store's identity (never dumped: a restored store gets its own).
 pub(crate) use sled_engine::STORE_ID_KEY;

@@ -1,0 +1,132 @@
+//! Presence across nodes: per-node connections, live nodes only, a dead node swept once
+//! however many nodes sweep, heartbeats, a clean shutdown.
+
+use std::time::Duration;
+
+use super::test_server::TestRedis;
+use super::tests::{bounds, say, store_on};
+use super::{RedisConfig, RedisStore};
+
+fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+}
+
+async fn short_lived(r: &TestRedis, node: &str) -> RedisStore {
+    let mut cfg = RedisConfig::new(&r.url(), node, bounds());
+    // Long enough for the setup steps of a test on a loaded CI machine.
+    cfg.node_ttl = Duration::from_millis(1_000);
+    RedisStore::connect(cfg).await.unwrap()
+}
+
+#[tokio::test]
+async fn presence_adds_up_over_nodes() {
+    let r = TestRedis::start();
+    let n1 = store_on(&r, "n1", bounds()).await;
+    let n2 = store_on(&r, "n:2", bounds()).await;
+    n1.set_online("r", "alice", 2).await.unwrap();
+    n2.set_online("r", "alice", 1).await.unwrap();
+    n2.set_online("r", "bob", 1).await.unwrap();
+    n2.set_online("r2", "bob", 1).await.unwrap();
+    let want = vec![("alice".to_string(), 3), ("bob".to_string(), 1)];
+    assert_eq!(n1.online("r").await.unwrap(), want);
+    assert_eq!(n2.online("r").await.unwrap(), want);
+    n2.set_online("r", "bob", 0).await.unwrap();
+    n2.set_online("r", "bob", 0).await.unwrap();
+    n1.set_online("r", "alice", 1).await.unwrap();
+    assert_eq!(n1.online("r").await.unwrap(), vec![("alice".to_string(), 2)]);
+    assert_eq!(n1.online("r2").await.unwrap(), vec![("bob".to_string(), 1)]);
+    assert!(n1.online("empty").await.unwrap().is_empty());
+}
+
+/// n2 stops beating: within its TTL its users are offline everywhere (num, queues), and of
+/// two nodes sweeping at once exactly one reports each (room, uid) that went offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_users_go_offline_and_are_reported_once() {
+    let r = TestRedis::start();
+    let n1 = store_on(&r, "n1", bounds()).await;
+    let n3 = store_on(&r, "n3", bounds()).await;
+    let n2 = short_lived(&r, "n2").await;
+    for uid in ["alice", "bob", "dave"] {
+        n1.add_member("r", uid).await.unwrap();
+    }
+    n1.set_online("r", "alice", 1).await.unwrap();
+    n2.set_online("r", "alice", 1).await.unwrap();
+    n2.set_online("r", "bob", 1).await.unwrap();
+    n2.set_online("r2", "carol", 3).await.unwrap();
+    assert_eq!(n1.online("r").await.unwrap().len(), 2);
+    assert!(n1.sweep_dead_nodes().await.unwrap().is_empty(), "nobody is dead yet");
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    // Before any sweep: n2's users no longer count, and get the message queued.
+    assert_eq!(n1.online("r").await.unwrap(), vec![("alice".to_string(), 1)]);
+    say(&n1, "r", "alice", "hi", 0).await;
+    let json = String::from_utf8(n1.history_after("r", 0).await.unwrap()[0].json.to_vec()).unwrap();
+    assert!(json.contains("\"num\":1,\"total\":3,"), "{json}");
+    assert_eq!(n1.offline_len("bob").await.unwrap(), 1);
+    assert_eq!(n1.offline_len("alice").await.unwrap(), 0);
+    let (a, b) = tokio::join!(n1.sweep_dead_nodes(), n3.sweep_dead_nodes());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(a.is_empty() || b.is_empty(), "one sweep did it all: {a:?} {b:?}");
+    let mut all = [a, b].concat();
+    all.sort();
+    assert_eq!(all, pairs(&[("r", "bob"), ("r2", "carol")]), "alice is still on n1");
+    assert!(n1.sweep_dead_nodes().await.unwrap().is_empty());
+    // n2's leftovers are gone from Redis, not just ignored.
+    let mut c = n1.conn();
+    let fields: Vec<String> = redis::cmd("HKEYS").arg(n1.keys.online("r")).query_async(&mut c).await.unwrap();
+    assert_eq!(fields, vec!["n1:alice"]);
+    let n: i64 = redis::cmd("EXISTS").arg(n1.keys.node_rooms("n2")).query_async(&mut c).await.unwrap();
+    assert_eq!(n, 0);
+    // n2 comes back: it learns that it was given up (and must announce its presence again).
+    assert!(!n2.heartbeat().await.unwrap());
+    assert!(n2.heartbeat().await.unwrap());
+}
+
+#[tokio::test]
+async fn heartbeats_keep_a_node_live() {
+    let r = TestRedis::start();
+    let n1 = store_on(&r, "n1", bounds()).await;
+    let n2 = short_lived(&r, "n2").await;
+    n2.set_online("r", "bob", 1).await.unwrap();
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(n2.heartbeat().await.unwrap());
+    }
+    assert!(n1.sweep_dead_nodes().await.unwrap().is_empty());
+    assert_eq!(n1.online("r").await.unwrap(), vec![("bob".to_string(), 1)]);
+}
+
+#[tokio::test]
+async fn a_clean_shutdown_clears_the_nodes_presence_at_once() {
+    let r = TestRedis::start();
+    let n1 = store_on(&r, "n1", bounds()).await;
+    let n2 = store_on(&r, "n2", bounds()).await;
+    n1.set_online("r", "alice", 1).await.unwrap();
+    n1.set_online("r", "bob", 1).await.unwrap();
+    n2.set_online("r", "bob", 1).await.unwrap();
+    n1.set_online("r3", "alice", 1).await.unwrap();
+    n1.set_online("r3", "alice", 0).await.unwrap();
+    assert_eq!(n1.clear_node().await.unwrap(), pairs(&[("r", "alice")]));
+    assert_eq!(n2.online("r").await.unwrap(), vec![("bob".to_string(), 1)]);
+    assert!(n2.sweep_dead_nodes().await.unwrap().is_empty());
+    assert!(!n1.heartbeat().await.unwrap(), "it was no longer live");
+}
+
+#[tokio::test]
+async fn a_node_id_is_taken_while_live_and_a_dead_ones_leftovers_are_cleared() {
+    let r = TestRedis::start();
+    let n1 = store_on(&r, "n1", bounds()).await;
+    let old = short_lived(&r, "n2").await;
+    old.set_online("r", "bob", 1).await.unwrap();
+    let again = RedisStore::connect(RedisConfig::new(&r.url(), "n2", bounds())).await;
+    assert!(again.is_err(), "a live node's id is refused");
+    let n3 = short_lived(&r, "n3").await;
+    n3.set_online("r3", "dave", 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    // A new process with the dead one's id, before any sweep: bob does not come back online,
+    // and n3, dead too, is left to a sweep that reports it.
+    let new = store_on(&r, "n2", bounds()).await;
+    assert!(n1.online("r").await.unwrap().is_empty());
+    assert_eq!(new.sweep_dead_nodes().await.unwrap(), pairs(&[("r3", "dave")]));
+    new.set_online("r", "carol", 1).await.unwrap();
+    assert_eq!(n1.online("r").await.unwrap(), vec![("carol".to_string(), 1)]);
+}
