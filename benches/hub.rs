@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use natter::hub::{Conn, Hub, Who};
 use natter::metrics::Metrics;
 use natter::outbox::Outbox;
@@ -83,5 +83,35 @@ fn publish(c: &mut Criterion) {
     g.finish();
 }
 
+/// `NATTER_HUB_ITERS=N`: N publishes per room size (`NATTER_HUB_SIZES`, default `2,100`), no
+/// criterion, for instruction counts
+/// (`valgrind --tool=callgrind --toggle-collect='*Hub*publish*'`), which the noise of a shared
+/// machine does not move.
+fn fixed(iters: u64) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let _rt = rt.enter();
+    let text = "x".repeat(100);
+    let sizes = std::env::var("NATTER_HUB_SIZES").unwrap_or_else(|_| "2,100".into());
+    for n in sizes.split(',').map(|n| n.parse::<usize>().expect("NATTER_HUB_SIZES: room sizes, comma-separated")) {
+        let r = room(n, &rt);
+        let who = Who { uid: &r.uids[0], name: "alice" };
+        let start = Instant::now();
+        for i in 0..iters {
+            r.hub.publish(&r.conns[0], &who, "lobby", black_box(&text), None).unwrap();
+            if i % CHUNK == CHUNK - 1 {
+                drain(&r, &rt);
+            }
+        }
+        println!("room of {n}: {iters} publishes in {:?}", start.elapsed());
+    }
+}
+
 criterion_group!(benches, publish);
-criterion_main!(benches);
+
+fn main() {
+    if let Some(iters) = std::env::var("NATTER_HUB_ITERS").ok().and_then(|v| v.parse().ok()) {
+        return fixed(iters);
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
