@@ -48,9 +48,17 @@ async fn refused_messages_and_server_closes_are_reported() {
     let s = Server::start(ServerOpts::new()).await;
     let r = bench(&s, &["fanout", "--members", "2", "--rate", "200", "--warmup", "0", "--duration", "1.5"]);
     assert!(r["errors"].as_u64().unwrap() > 0, "rate_limited errors not counted: {r}");
+    let limited = r["rate_limited"].as_u64().unwrap();
+    assert!(limited > 0 && limited <= r["errors"].as_u64().unwrap(), "rate_limited answers not told apart: {r}");
     assert!(r["lost"].as_u64().unwrap() > 0, "refused messages not counted as lost: {r}");
     // Three strikes within 10 s: the server closes with 1008.
     assert!(r["closed_by_server"].as_u64().unwrap() > 0, "1008 closes not counted: {r}");
+    // The table says which server flags measure its speed instead of its flood limit.
+    let url = s.ws_url("/ws");
+    let args = ["bench", "--url", &url, "--secret", SECRET, "fanout", "--members", "2", "--rate", "200", "--warmup", "0"];
+    let (status, out, err) = run_natter(&[&args[..], &["--duration", "1"]].concat());
+    assert!(status.success(), "bench failed: {err}");
+    assert!(out.contains("rate_limited") && out.contains("--rate-per-sec"), "no hint about the flood limit: {out}");
 }
 
 #[tokio::test]
@@ -107,4 +115,31 @@ async fn connect_scenario_reads_the_server_rss() {
     assert_eq!((r["connections"].as_u64(), r["errors"].as_u64()), (Some(20), Some(0)), "{r}");
     let rss = r["extra"].as_array().unwrap().iter().find(|e| e[0] == "server RSS idle, MiB").unwrap()[1].as_f64();
     assert!(rss.unwrap() > 1.0, "{r}");
+}
+
+/// Runs `natter bench` (blocking) beside the test's runtime, which serves the echo room.
+async fn bench_at(url: String, extra: &[&str]) -> Value {
+    let mut args: Vec<String> = ["bench", "--url", &url, "--secret", SECRET, "--json"].map(String::from).to_vec();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let (status, out, err) = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_natter(&args)
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "bench failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("bench --json printed no JSON ({e}): {out}"))
+}
+
+/// A server that answers as fast as it can, many frames per write (the `login` echo and the
+/// first messages in one read): the bench must count every frame, as with natter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_server_gets_every_frame_counted() {
+    let url = format!("ws://{}/", common::echo_room::start_echo_room().await);
+    for members in ["2", "3", "5"] {
+        let r = bench_at(url.clone(), &["fanout", "--members", members, "--warmup", "0.2", "--duration", "0.5"]).await;
+        assert_all_delivered(&r);
+    }
+    let r = bench_at(url.clone(), &["latency", "--members", "10", "--rate", "50", "--warmup", "0.2", "--duration", "1"]).await;
+    assert_all_delivered(&r);
 }

@@ -43,6 +43,9 @@ impl Handler for Fanout {
         let Some(mark) = payload::parse(frame) else {
             if super::client::find(frame, br#""event":"error""#).is_some() {
                 self.stats.errors.fetch_add(1, Relaxed); // e.g. rate_limited: the server refused it
+                if super::client::find(frame, br#""code":"rate_limited""#).is_some() {
+                    self.stats.rate_limited.fetch_add(1, Relaxed);
+                }
             }
             return;
         };
@@ -127,6 +130,7 @@ pub async fn run(setup: &Setup, o: Opts) -> anyhow::Result<Report> {
         duplicates: stats.duplicates.load(Relaxed),
         lost: expected.saturating_sub(delivered),
         errors: stats.errors.load(Relaxed),
+        rate_limited: stats.rate_limited.load(Relaxed),
         closed_by_server: stats.closed.load(Relaxed),
         latency,
         extra: vec![],

@@ -39,6 +39,9 @@ impl Handler for Offline {
     fn on_text(&self, member: u32, frame: &[u8]) {
         if find(frame, br#""event":"error""#).is_some() {
             self.stats.errors.fetch_add(1, Relaxed);
+            if find(frame, br#""code":"rate_limited""#).is_some() {
+                self.stats.rate_limited.fetch_add(1, Relaxed);
+            }
             return;
         }
         if member < self.senders {
@@ -155,6 +158,7 @@ pub async fn run(setup: &Setup, o: Opts) -> anyhow::Result<Report> {
         duplicates: stats.duplicates.load(Relaxed),
         lost: expected.saturating_sub(delivered),
         errors: stats.errors.load(Relaxed),
+        rate_limited: stats.rate_limited.load(Relaxed),
         closed_by_server: stats.closed.load(Relaxed),
         latency: Default::default(),
         extra: vec![

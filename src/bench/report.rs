@@ -16,6 +16,8 @@ pub struct Stats {
     pub delivered: AtomicU64,
     pub duplicates: AtomicU64,
     pub errors: AtomicU64,
+    /// Of `errors`, the server's `rate_limited` answers.
+    pub rate_limited: AtomicU64,
     /// Connections the server closed during the run (slow consumer, rate limit, ...).
     pub closed: AtomicU64,
     latency: Mutex<Histogram<u64>>,
@@ -29,6 +31,7 @@ impl Default for Stats {
             delivered: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
             closed: AtomicU64::new(0),
             // 1 us to 60 s, 3 significant digits.
             latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")),
@@ -92,6 +95,8 @@ pub struct Report {
     pub duplicates: u64,
     pub lost: u64,
     pub errors: u64,
+    /// Of `errors`, the server's `rate_limited` answers (its flood limit, not its speed).
+    pub rate_limited: u64,
     /// Connections the server closed while the run went on.
     pub closed_by_server: u64,
     pub latency: Latency,
@@ -138,6 +143,20 @@ impl Report {
         for (k, v) in rows {
             println!("{k:<w$}  {v}");
         }
+        if let Some(hint) = self.hint() {
+            println!("\n{hint}");
+        }
+    }
+
+    /// What to change when the run measured the server's limits rather than its speed.
+    pub fn hint(&self) -> Option<String> {
+        (self.rate_limited > 0).then(|| {
+            format!(
+                "the server refused {} messages as rate_limited: this measured its flood limit. For natter, \
+                 raise it with `natter serve --rate-per-sec N --rate-burst N` (defaults 20 and 50 a connection)",
+                self.rate_limited
+            )
+        })
     }
 }
 

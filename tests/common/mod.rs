@@ -32,6 +32,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 
 mod checks;
+pub mod echo_room;
 mod client;
 mod http;
 pub mod oracle;
