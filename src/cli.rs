@@ -286,6 +286,13 @@ pub struct RestoreArgs {
     /// The dump to read, or `-` for stdin.
     #[arg(long = "in", default_value = "-")]
     pub input: PathBuf,
+    /// Load into this Redis (`redis://[:PASSWORD@]HOST:PORT/DB`) instead of `--data`: it must
+    /// hold no key under the prefix yet.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+    /// The key prefix in Redis (with `--redis`).
+    #[arg(long, default_value = "natter:", requires = "redis")]
+    pub redis_prefix: String,
 }
 
 impl LimitArgs {

@@ -24,8 +24,10 @@
 mod restore;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_redis;
 
-pub use restore::restore;
+pub use restore::{restore, restore_redis};
 
 use std::io::Write;
 

@@ -120,6 +120,12 @@ fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
             std::fs::File::open(&args.input).with_context(|| format!("--in: cannot open {}", args.input.display()))?;
         (Box::new(std::io::BufReader::new(f)), format!("--in {}", args.input.display()))
     };
+    if let Some(url) = &args.redis {
+        let lines = natter::dump::restore_redis(url, &args.redis_prefix, bounds(None), &mut input, &source)?;
+        // The URL may hold a password: not echoed.
+        eprintln!("natter restore: {lines} lines from {source} into Redis, prefix {:?}", args.redis_prefix);
+        return Ok(());
+    }
     std::fs::create_dir_all(&args.data).with_context(|| format!("--data: cannot create {}", args.data.display()))?;
     let store = SledStore::open(&args.data, bounds(None))?;
     let lines = natter::dump::restore(&store, &args.data, &mut input, &source)?;

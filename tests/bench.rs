@@ -55,7 +55,8 @@ async fn refused_messages_and_server_closes_are_reported() {
     assert!(r["closed_by_server"].as_u64().unwrap() > 0, "1008 closes not counted: {r}");
     // The table says which server flags measure its speed instead of its flood limit.
     let url = s.ws_url("/ws");
-    let args = ["bench", "--url", &url, "--secret", SECRET, "fanout", "--members", "2", "--rate", "200", "--warmup", "0"];
+    let args =
+        ["bench", "--url", &url, "--secret", SECRET, "fanout", "--members", "2", "--rate", "200", "--warmup", "0"];
     let (status, out, err) = run_natter(&[&args[..], &["--duration", "1"]].concat());
     assert!(status.success(), "bench failed: {err}");
     assert!(out.contains("rate_limited") && out.contains("--rate-per-sec"), "no hint about the flood limit: {out}");
@@ -140,6 +141,8 @@ async fn a_fast_server_gets_every_frame_counted() {
         let r = bench_at(url.clone(), &["fanout", "--members", members, "--warmup", "0.2", "--duration", "0.5"]).await;
         assert_all_delivered(&r);
     }
-    let r = bench_at(url.clone(), &["latency", "--members", "10", "--rate", "50", "--warmup", "0.2", "--duration", "1"]).await;
+    let r =
+        bench_at(url.clone(), &["latency", "--members", "10", "--rate", "50", "--warmup", "0.2", "--duration", "1"])
+            .await;
     assert_all_delivered(&r);
 }

@@ -159,3 +159,21 @@ fn restore_refuses_bad_input_and_used_stores() {
     let err = run_natter(&["dump", "--data", data.to_str().unwrap(), "--out", good.to_str().unwrap()]).2;
     assert!(err.contains("--out") && err.contains("exists"), "{err}");
 }
+
+/// `--redis` that is no URL, or names a Redis that does not answer: the flag is named, and no
+/// data dir is made.
+#[test]
+fn restore_into_redis_names_a_bad_or_unreachable_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.jsonl");
+    std::fs::write(&good, SMALL).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    for (url, says) in
+        [("not a url", "not a redis:// URL"), (&*format!("redis://127.0.0.1:{port}/0"), "cannot connect")]
+    {
+        let (st, _, err) = run_natter(&["restore", "--in", good.to_str().unwrap(), "--redis", url]);
+        assert!(!st.success() && err.contains("--redis") && err.contains(says), "{url}: {err}");
+    }
+    let (st, _, err) = run_natter(&["restore", "--in", good.to_str().unwrap(), "--redis-prefix", "p:"]);
+    assert!(!st.success() && err.contains("--redis"), "{err}");
+}

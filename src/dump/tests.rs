@@ -5,7 +5,7 @@ use std::path::Path;
 use super::*;
 use crate::store::{Append, Bounds, Store};
 
-const B: Bounds = Bounds {
+pub(super) const B: Bounds = Bounds {
     history_max: 3,
     offline_max: 4,
     offline_max_bytes: 1 << 20,
@@ -13,13 +13,13 @@ const B: Bounds = Bounds {
     dedupe_ttl_ms: 1_000_000,
     dedupe_max: 3,
 };
-const ROOMS: [&str; 4] = ["r1", "r2", "quiet", "big"];
-const UIDS: [&str; 4] = ["u1", "u2", "u:3", "nobody"];
-const CIDS: [&str; 5] = ["c1", "c2", "c:3", "c4", "gone"];
-const NOW: u64 = 5_000;
+pub(super) const ROOMS: [&str; 4] = ["r1", "r2", "quiet", "big"];
+pub(super) const UIDS: [&str; 4] = ["u1", "u2", "u:3", "nobody"];
+pub(super) const CIDS: [&str; 5] = ["c1", "c2", "c:3", "c4", "gone"];
+pub(super) const NOW: u64 = 5_000;
 const BATCH_KEYS_FOR_TEST: usize = restore::BATCH_KEYS;
 
-fn open(dir: &Path) -> SledStore {
+pub(super) fn open(dir: &Path) -> SledStore {
     SledStore::open(dir, B).unwrap()
 }
 
@@ -30,7 +30,7 @@ fn append(s: &SledStore, room: &str, id: u64, json: &[u8], offline: &[&str], ded
 /// Members, user rooms, a history that jumped in ids and wrapped its window, queues over
 /// several rooms (one dequeued from), dedupe records (one replaced, one over the cap), a
 /// reservation above the last id, one on a room with no message, presence, a set over a chunk.
-fn populate(s: &SledStore) {
+pub(super) fn populate(s: &SledStore) {
     for (r, u) in [("r1", "u1"), ("r1", "u2"), ("r1", "u:3"), ("r2", "u2"), ("r2", "u:3")] {
         s.add_member(r, u).unwrap();
     }
@@ -81,7 +81,7 @@ fn observe(s: &dyn Store) -> Vec<String> {
     out
 }
 
-fn dump_to_vec(s: &SledStore) -> Vec<u8> {
+pub(super) fn dump_to_vec(s: &SledStore) -> Vec<u8> {
     let mut out = Vec::new();
     dump(s, &mut out, "test").unwrap();
     out

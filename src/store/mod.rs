@@ -5,6 +5,7 @@ mod compact;
 #[cfg(test)]
 mod compact_tests;
 pub mod keys;
+pub(crate) mod logical;
 pub mod memory;
 mod migrate;
 #[cfg(test)]

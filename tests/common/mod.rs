@@ -32,8 +32,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 
 mod checks;
-pub mod echo_room;
 mod client;
+pub mod echo_room;
 mod http;
 pub mod oracle;
 pub mod proc;
