@@ -276,6 +276,12 @@ pub struct DumpArgs {
     /// File to write (it must not exist yet), or `-` for stdout.
     #[arg(long, default_value = "-")]
     pub out: PathBuf,
+    /// Dump this Redis deployment (`redis://[:PASSWORD@]HOST:PORT/DB`) instead of `--data`.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+    /// The key prefix in Redis (with `--redis`).
+    #[arg(long, default_value = "natter:", requires = "redis")]
+    pub redis_prefix: String,
 }
 
 #[derive(Args, Debug)]

@@ -207,6 +207,78 @@ pub fn dump(store: &SledStore, out: &mut dyn Write, dest: &str) -> Result<Summar
     Ok(w.sum)
 }
 
+/// Writes every logical key of the Redis deployment under `prefix` to `out`, in the format
+/// of `dump` (history positions renumbered from 1: the window is kept by count). Stop the
+/// nodes first: keys written meanwhile may or may not be in it.
+pub fn dump_redis(url: &str, prefix: &str, out: &mut dyn Write, dest: &str) -> Result<Summary> {
+    use crate::store::logical::Element;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut cfg = crate::store::redis_store::RedisConfig::new(url, "natter-dump", Default::default());
+    cfg.prefix = prefix.to_string();
+    let mut ex = rt.block_on(crate::store::redis_store::export::Exporter::connect(&cfg))?;
+    let mut w = Writer { out, dest, sum: Summary::default(), last_key: String::new() };
+    w.line(&Line { natter_dump: Some(FORMAT), natter: Some(env!("CARGO_PKG_VERSION").into()), ..Line::default() })?;
+    let mut set: Option<(String, Vec<String>)> = None;
+    rt.block_on(ex.each(|e| {
+        let member = match e {
+            Element::Member { room, uid } => Some((format!("room:{room}:members"), uid)),
+            Element::UserRoom { uid, room } => Some((format!("user:{uid}:rooms"), room)),
+            _ => None,
+        };
+        if let Some((name, members)) =
+            set.take_if(|(n, m)| m.len() >= SET_CHUNK || member.as_ref().is_none_or(|(k, _)| k != n))
+        {
+            w.line(&Line { members: Some(members), ..Line::of(name, "set") })?;
+        }
+        if let Some((name, m)) = member {
+            set.get_or_insert_with(|| (name, Vec::new())).1.push(m.to_string());
+            return Ok(());
+        }
+        let line = match e {
+            Element::Member { .. } | Element::UserRoom { .. } => unreachable!("handled above"),
+            Element::Seq { room, last, reserved } => Line {
+                value: last.map(|l| l.0),
+                stored: last.map(|l| l.1),
+                reserved,
+                ..Line::of(format!("room:{room}:seq"), "counter")
+            },
+            Element::History { room, pos, id, prev, json } => {
+                let name = format!("room:{room}:history");
+                let l = Line { pos: Some(pos), id: Some(id), prev: Some(prev), ..Line::of(name.clone(), "list") };
+                l.with_msg(json, &name)?
+            }
+            Element::Queue { uid, n, ts, id, prev, room, json } => {
+                let name = format!("offline:{uid}");
+                let l = Line {
+                    n: Some(n),
+                    ts: Some(ts),
+                    id: Some(id),
+                    prev: Some(prev),
+                    roomid: Some(room.into()),
+                    ..Line::of(name.clone(), "list")
+                };
+                l.with_msg(json, &name)?
+            }
+            Element::Dedupe { uid, cid, ts, id, room } => Line {
+                uid: Some(uid.into()),
+                cid: Some(cid.into()),
+                ts: Some(ts),
+                value: Some(id),
+                roomid: Some(room.into()),
+                ..Line::of(format!("dedupe:{uid}:{cid}"), "string")
+            },
+        };
+        w.line(&line)
+    }))?;
+    if let Some((name, members)) = set {
+        w.line(&Line { members: Some(members), ..Line::of(name, "set") })?;
+    }
+    let lines = w.sum.lines;
+    w.line(&Line { natter_dump_end: Some(true), lines: Some(lines), ..Line::default() })?;
+    w.out.flush().with_context(|| format!("{dest}: cannot write the dump"))?;
+    Ok(w.sum)
+}
+
 struct Writer<'a> {
     out: &'a mut dyn Write,
     dest: &'a str,

@@ -71,13 +71,23 @@ fn open_for_inspection(dir: &std::path::Path) -> anyhow::Result<SledStore> {
 
 /// `natter dump`: to stdout, or to a new file that gets its name only once the dump is whole.
 fn dump(args: &DumpArgs) -> anyhow::Result<()> {
-    if args.data.exists() && !args.data.join("db").exists() {
-        anyhow::bail!("--data: {} holds no natter store", args.data.display());
-    }
-    let store = open_for_inspection(&args.data)?;
+    let store = match &args.redis {
+        Some(_) => None,
+        None => {
+            if args.data.exists() && !args.data.join("db").exists() {
+                anyhow::bail!("--data: {} holds no natter store", args.data.display());
+            }
+            Some(open_for_inspection(&args.data)?)
+        }
+    };
+    let run = |out: &mut dyn std::io::Write, dest: &str| match (&store, &args.redis) {
+        (Some(store), _) => natter::dump::dump(store, out, dest),
+        (None, Some(url)) => natter::dump::dump_redis(url, &args.redis_prefix, out, dest),
+        (None, None) => unreachable!("a store is opened without --redis"),
+    };
     let sum = if args.out.as_os_str() == "-" {
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-        natter::dump::dump(&store, &mut out, "stdout")?
+        run(&mut out, "stdout")?
     } else {
         let out = &args.out;
         if out.exists() {
@@ -88,7 +98,7 @@ fn dump(args: &DumpArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--out: cannot create {} (is a dump under way?)", tmp.display()))?;
         let mut w = std::io::BufWriter::new(file);
         let dest = format!("--out {}", out.display());
-        let written = natter::dump::dump(&store, &mut w, &dest).and_then(|sum| {
+        let written = run(&mut w, &dest).and_then(|sum| {
             w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
             std::fs::rename(&tmp, out)?;
             Ok(sum)
@@ -98,11 +108,15 @@ fn dump(args: &DumpArgs) -> anyhow::Result<()> {
         }
         written.with_context(|| format!("--out: no dump written to {}", out.display()))?
     };
+    let from = match &args.redis {
+        // The URL may hold a password: not echoed.
+        Some(_) => format!("Redis, prefix {:?}", args.redis_prefix),
+        None => args.data.display().to_string(),
+    };
     eprintln!(
-        "natter dump: {} keys in {} lines from {}{}",
+        "natter dump: {} keys in {} lines from {from}{}",
         sum.keys,
         sum.lines,
-        args.data.display(),
         match sum.skipped {
             0 => String::new(),
             n => format!(" ({n} sled keys natter did not write left out)"),

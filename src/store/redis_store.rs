@@ -8,6 +8,7 @@
 // do not use every piece either, e.g. `HEARTBEAT_EVERY` is for the node's timer).
 #![allow(dead_code)]
 
+pub(crate) mod export;
 pub(crate) mod load;
 mod presence;
 mod publish;

@@ -28,17 +28,21 @@ pub(crate) struct Loader {
     now_ms: u64,
 }
 
-/// A Redis glob matching exactly the keys that start with `prefix`.
-fn glob(prefix: &str) -> String {
+/// `s` with Redis glob characters escaped, so that it matches only itself.
+pub(crate) fn glob_escape(s: &str) -> String {
     let mut g = String::new();
-    for c in prefix.chars() {
+    for c in s.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {
             g.push('\\');
         }
         g.push(c);
     }
-    g.push('*');
     g
+}
+
+/// A Redis glob matching exactly the keys that start with `prefix`.
+fn glob(prefix: &str) -> String {
+    format!("{}*", glob_escape(prefix))
 }
 
 /// `n:ts:id:prev:roomlen:` room json: a queue entry as `queue::parse_entry` reads it.
