@@ -17,6 +17,8 @@ TUTORIAL=${TUTORIAL:-$root/../shared/peers/tutorial-node/run.sh}
 SECRET=natter-bench-secret-0123456789abcdef  # natter wants 32 bytes or more
 QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then DUR=2; WARM=0.5; SIZES="2 10 100"; IDLE=2000; else DUR=5; WARM=1; SIZES="2 5 10 25 50 100"; IDLE=10000; fi
+# The shape matrix (rooms x members, every member sending), one `--shapes` run per server.
+if [ "$QUICK" = 1 ]; then SHAPES=${SHAPES:-500x2,200x5,1x100}; else SHAPES=${SHAPES:-500x2,200x5,50x20,1x100,1x1000}; fi
 [ "$(nproc)" -ge 2 ] || { echo "compare.sh: needs 2 CPUs (server on CPU 0, load generator on CPU 1)" >&2; exit 1; }
 
 cargo build --release --locked --bin natter --example raw_fanout
@@ -93,6 +95,8 @@ bench() {
 for m in $SIZES; do
   for s in "${servers[@]}"; do bench "$s" "fanout-$m" fanout --members "$m" --warmup $WARM --duration $DUR; done
 done
+# Many rooms at once, by shape (one JSON array per server).
+for s in "${servers[@]}"; do bench "$s" shapes fanout --shapes "$SHAPES" --warmup $WARM --duration $DUR; done
 # Latency at half of each server's own maximum throughput in the room of 100.
 for s in "${servers[@]}"; do
   f=$OUT/$s--fanout-100.json

@@ -51,6 +51,30 @@ for m in sizes:
 table("Fan-out, closed loop, one room (deliveries/s; ratio to natter over ws)",
       ["members", "server", "deliveries/s", "vs natter-ws", "p99 ms", "lost+dup", "errors"], rows)
 
+# The shape matrix: each server's `--shapes` run is a list of reports, in the order of SHAPES.
+def shape_of(r):
+    # "fanout: R room(s) x M members, ..."
+    head = r["scenario"].split(",")[0].split(":")[1].split()
+    return f"{head[0]}x{head[3]}", int(head[3])
+
+
+shape_runs = {s: {shape_of(r)[0]: r for r in runs[(s, "shapes")]} for s in servers if (s, "shapes") in runs}
+shapes = []
+for per in shape_runs.values():
+    shapes += [k for k in per if k not in shapes]
+rows = []
+for shape in shapes:
+    base = shape_runs.get(BASE, {}).get(shape, {}).get("deliveries_per_s", 0)
+    for s in servers:
+        r = shape_runs.get(s, {}).get(shape)
+        if r:
+            members = shape_of(r)[1]
+            rows.append([shape, s, f"{r['deliveries_per_s']:,.0f}", f"{r['deliveries_per_s'] / (members - 1):,.0f}",
+                         ratio(r["deliveries_per_s"], base), f"{r['latency']['p99_ms']:.2f}",
+                         str(r["lost"] + r["duplicates"]), str(r["errors"])])
+table("Fan-out by shape, rooms x members, closed loop (ratio to natter over ws)",
+      ["shape", "server", "deliveries/s", "publishes/s", "vs natter-ws", "p99 ms", "lost+dup", "errors"], rows)
+
 rows = []
 for s in servers:
     r = runs.get((s, "latency-half"))
@@ -149,6 +173,13 @@ svg(os.path.join(out, "fanout-by-room-size.svg"), "Fan-out, closed loop: deliver
     "members in the room (all sending)", "deliveries/s",
     {s: [(m, runs[(s, f"fanout-{m}")]["deliveries_per_s"]) for m in sizes if (s, f"fanout-{m}") in runs]
      for s in servers}, xlog=True)
+# Shapes on the x axis by their index, named.
+names = {i + 1: shape for i, shape in enumerate(shapes)}
+for metric, title, per_delivery in [("deliveries", "deliveries/s", False), ("publishes", "publishes/s", True)]:
+    svg(os.path.join(out, f"{metric}-by-shape.svg"), f"Fan-out by shape: {title}", "rooms x members", title,
+        {s: [(i + 1, per[shape]["deliveries_per_s"] / ((shape_of(per[shape])[1] - 1) if per_delivery else 1))
+             for i, shape in enumerate(shapes) if shape in per]
+         for s, per in shape_runs.items()}, ylog=True, xnames=names)
 # Percentiles on a log scale of 1 / (1 - q): 2 = p50, 10 = p90, 100 = p99, 1000 = p99.9.
 QS = [("p50", 2), ("p90", 10), ("p99", 100), ("p999", 1000)]
 svg(os.path.join(out, "latency.svg"), "Latency at half of each server's maximum, room of 100",

@@ -91,6 +91,33 @@ async fn bad_bench_flags_are_named() {
     assert!(!status.success() && err.contains("--ca"), "{err}");
     let (status, _, err) = run_natter(&["bench", "--url", "ws://127.0.0.1:9", "fanout", "--members", "1"]);
     assert!(!status.success() && err.contains("--members"), "{err}");
+    for bad in ["5", "0x5", "3x1", "2x2,x"] {
+        let (status, _, err) = run_natter(&["bench", "--url", "ws://127.0.0.1:9", "fanout", "--shapes", bad]);
+        assert!(!status.success() && err.contains("--shapes") && err.contains("ROOMSxMEMBERS"), "{bad}: {err}");
+    }
+}
+
+/// `--shapes` runs every shape, each in rooms of its own, and reports each one.
+#[tokio::test]
+async fn shapes_run_one_after_another_and_each_counts_every_delivery() {
+    let s = Server::start(ServerOpts::new().arg("--rate-per-sec", 100_000).arg("--rate-burst", 100_000)).await;
+    let url = s.ws_url("/ws");
+    let args = ["bench", "--url", &url, "--secret", SECRET, "--json", "fanout", "--shapes", "3x2,1x4"];
+    let (status, out, err) = run_natter(&[&args[..], &["--warmup", "0.2", "--duration", "0.4"]].concat());
+    assert!(status.success(), "bench failed: {err}");
+    let reports: Vec<Value> = serde_json::from_str(&out).unwrap_or_else(|e| panic!("no JSON array ({e}): {out}"));
+    assert_eq!(reports.len(), 2, "{out}");
+    for (r, (conns, others)) in reports.iter().zip([(6, 1), (4, 3)]) {
+        assert_all_delivered(r);
+        assert_eq!(r["connections"].as_u64(), Some(conns), "{r}");
+        assert_eq!(r["expected"].as_u64().unwrap(), r["sent"].as_u64().unwrap() * others, "{r}");
+    }
+    // The table form ends with the summary by shape.
+    let args =
+        ["bench", "--url", &url, "--secret", SECRET, "fanout", "--shapes", "2x2", "--warmup", "0", "--duration", "0.3"];
+    let (status, out, err) = run_natter(&args);
+    assert!(status.success(), "bench failed: {err}");
+    assert!(out.contains("| shape |") && out.contains("| 2x2 | 4 |"), "{out}");
 }
 
 #[tokio::test]

@@ -110,6 +110,21 @@ pub struct FanoutArgs {
     /// Seconds measured.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
+    /// Run several shapes, one after another, instead of --rooms x --members: ROOMSxMEMBERS,
+    /// comma-separated (e.g. `500x2,200x5,1x100`); a summary table follows the reports.
+    #[arg(long, value_delimiter = ',', value_parser = parse_shape, conflicts_with_all = ["rooms", "members"])]
+    pub shapes: Vec<(u32, u32)>,
+}
+
+/// `ROOMSxMEMBERS`, both positive, at least 2 members.
+fn parse_shape(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("{s:?}: a shape is ROOMSxMEMBERS, e.g. 200x5 (at least 1 room of 2 members)");
+    let (r, m) = s.trim().split_once(['x', 'X']).ok_or_else(bad)?;
+    let (r, m) = (r.parse::<u32>().map_err(|_| bad())?, m.parse::<u32>().map_err(|_| bad())?);
+    if r == 0 || m < 2 {
+        return Err(bad());
+    }
+    Ok((r, m))
 }
 
 #[derive(Args, Debug)]
@@ -241,7 +256,7 @@ impl Setup {
 /// Run one scenario on a single-threaded runtime: the load generator gets one core, like the
 /// server it measures, and its counters stay uncontended.
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
-    let setup = Setup::new(&a)?;
+    let mut setup = Setup::new(&a)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let secs = |s: f64, flag: &str| {
         anyhow::ensure!(s.is_finite() && s >= 0.0, "{flag} must be a non-negative number of seconds");
@@ -260,6 +275,17 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 duration: secs(f.duration, "--duration")?,
                 rate: f.rate,
             };
+            if !f.shapes.is_empty() {
+                let (mut reports, base) = (Vec::new(), setup.run);
+                for (i, &(rooms, members)) in f.shapes.iter().enumerate() {
+                    // Rooms of their own per shape: the last shape's members stay members there.
+                    setup.run = base.wrapping_add(i as u32 * 7_919);
+                    let o = fanout::Opts { rooms, members, ..o.clone() };
+                    reports.push(rt.block_on(fanout::run(&setup, o))?);
+                }
+                report::print_matrix(&f.shapes, &reports, a.json);
+                return Ok(());
+            }
             rt.block_on(fanout::run(&setup, o))?
         }
         Scenario::Latency(l) => {

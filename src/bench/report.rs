@@ -160,6 +160,33 @@ impl Report {
     }
 }
 
+/// The reports of a `--shapes` run: as a JSON array, or each report then a table by shape
+/// (publishes/s: deliveries/s over the members a message reaches besides its sender).
+pub fn print_matrix(shapes: &[(u32, u32)], reports: &[Report], json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(reports).expect("serializable"));
+        return;
+    }
+    for r in reports {
+        r.print(false);
+        println!();
+    }
+    println!("| shape | connections | deliveries/s | publishes/s | p50 ms | p99 ms | lost | errors |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (&(rooms, members), r) in shapes.iter().zip(reports) {
+        println!(
+            "| {rooms}x{members} | {} | {:.0} | {:.0} | {:.3} | {:.3} | {} | {} |",
+            r.connections,
+            r.deliveries_per_s,
+            r.deliveries_per_s / f64::from(members - 1),
+            r.latency.p50_ms,
+            r.latency.p99_ms,
+            r.lost,
+            r.errors
+        );
+    }
+}
+
 /// Wait until `counter` reaches `target`, or has not moved for `quiet`.
 pub async fn settle(counter: &AtomicU64, target: u64, quiet: Duration) {
     let (mut last, mut since) = (counter.load(Relaxed), Instant::now());
