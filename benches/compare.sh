@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 OUT=${OUT:-$root/benches/results}
 TUTORIAL=${TUTORIAL:-$root/../shared/peers/tutorial-node/run.sh}
-SECRET=natter-bench-secret-0123456789abcdef  # natter wants 32 bytes or more
+SECRET="natter-bench-secret-0123456789abcdef"  # natter wants 32 bytes or more
 QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then DUR=2; WARM=0.5; SIZES="2 10 100"; IDLE=2000; else DUR=5; WARM=1; SIZES="2 5 10 25 50 100"; IDLE=10000; fi
 # The shape matrix (rooms x members, every member sending), one `--shapes` run per server.
@@ -30,7 +30,7 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -n "${redis_pid:-}" ] && kill "$redis_pid" 2>/dev/null || true
+  if [ -n "${redis_pid:-}" ]; then kill "$redis_pid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
