@@ -8,6 +8,7 @@
 // do not use every piece either, e.g. `HEARTBEAT_EVERY` is for the node's timer).
 #![allow(dead_code)]
 
+mod conns;
 pub(crate) mod export;
 pub(crate) mod load;
 mod presence;
@@ -116,6 +117,10 @@ impl Keys {
     }
     pub(crate) fn user_rooms(&self, uid: &str) -> String {
         format!("{}user:{{{}}}:rooms", self.prefix, esc(uid))
+    }
+    /// Each node's live connections of the uid (the cross-node per-uid limit).
+    pub(crate) fn user_conns(&self, uid: &str) -> String {
+        format!("{}user:{{{}}}:conns", self.prefix, esc(uid))
     }
     pub(crate) fn offline(&self, uid: &str) -> String {
         format!("{}offline:{{{}}}", self.prefix, esc(uid))

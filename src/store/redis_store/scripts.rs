@@ -128,6 +128,8 @@ pub(crate) struct Scripts {
     pub(crate) heartbeat: Script,
     pub(crate) is_live: Script,
     pub(crate) sweep: Script,
+    pub(crate) claim_conn: Script,
+    pub(crate) release_conn: Script,
 }
 
 fn with_prelude(body: &str) -> Script {
@@ -147,6 +149,8 @@ impl Scripts {
             heartbeat: with_prelude(HEARTBEAT),
             is_live: with_prelude(IS_LIVE),
             sweep: with_prelude(include_str!("sweep.lua")),
+            claim_conn: with_prelude(super::conns::CLAIM),
+            release_conn: with_prelude(super::conns::RELEASE),
         }
     }
 }

@@ -130,3 +130,29 @@ async fn a_node_id_is_taken_while_live_and_a_dead_ones_leftovers_are_cleared() {
     new.set_online("r", "carol", 1).await.unwrap();
     assert_eq!(n1.online("r").await.unwrap(), vec![("carol".to_string(), 1)]);
 }
+
+/// The per-uid connection limit holds across nodes, a release frees a place, and a dead
+/// node's connections stop counting at its deadline.
+#[tokio::test]
+async fn the_per_uid_connection_limit_spans_nodes_and_forgets_dead_ones() {
+    let r = TestRedis::start();
+    let n1 = store_on(&r, "n1", bounds()).await;
+    let n2 = short_lived(&r, "n2").await;
+    assert!(n1.claim_conn("alice", 3).await.unwrap());
+    assert!(n2.heartbeat().await.unwrap(), "a second of life from here");
+    assert!(n2.claim_conn("alice", 3).await.unwrap());
+    assert!(n2.claim_conn("alice", 3).await.unwrap());
+    assert!(!n1.claim_conn("alice", 3).await.unwrap(), "3 on two nodes: the 4th is refused");
+    assert!(n1.claim_conn("bob", 3).await.unwrap(), "another uid has its own count");
+    n1.release_conn("alice").await.unwrap();
+    assert!(n1.claim_conn("alice", 3).await.unwrap(), "a released place can be taken again");
+    assert!(!n1.claim_conn("alice", 3).await.unwrap());
+    // n2 stops beating: its two connections no longer count after its deadline.
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    assert!(n1.claim_conn("alice", 3).await.unwrap());
+    assert!(n1.claim_conn("alice", 3).await.unwrap());
+    assert!(!n1.claim_conn("alice", 3).await.unwrap(), "n1's own three count");
+    let fields: Vec<String> =
+        redis::cmd("HKEYS").arg(n1.keys.user_conns("alice")).query_async(&mut n1.conn()).await.unwrap();
+    assert_eq!(fields, vec!["n1".to_string()], "the dead node's count was dropped");
+}
