@@ -11,6 +11,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use crate::access::RoomPatterns;
 use crate::config::{Config, JwtConfig, JwtKey, Limits};
 
+mod store_tools;
+pub use store_tools::{DumpArgs, GetArgs, KeysArgs, RestoreArgs};
+
 /// Shortest HS256 secret accepted outside --dev, bytes (the key size of HMAC-SHA256).
 pub const MIN_SECRET_BYTES: usize = 32;
 /// --listen's default.
@@ -250,55 +253,6 @@ impl TokenArgs {
         };
         crate::auth::mint(self.secret.as_bytes(), &self.sub, &claims, Duration::from_secs(self.ttl))
     }
-}
-
-#[derive(Args, Debug)]
-pub struct KeysArgs {
-    /// Glob pattern (`*`, `?`), as redis-cli KEYS.
-    #[arg(default_value = "*")]
-    pub pattern: String,
-    #[arg(long, env = "NATTER_DATA", default_value = "./natter-data")]
-    pub data: PathBuf,
-}
-
-#[derive(Args, Debug)]
-pub struct GetArgs {
-    /// A logical key, e.g. `room:r1:members` or `offline:alice`.
-    pub key: String,
-    #[arg(long, env = "NATTER_DATA", default_value = "./natter-data")]
-    pub data: PathBuf,
-}
-
-#[derive(Args, Debug)]
-pub struct DumpArgs {
-    #[arg(long, env = "NATTER_DATA", default_value = "./natter-data")]
-    pub data: PathBuf,
-    /// File to write (it must not exist yet), or `-` for stdout.
-    #[arg(long, default_value = "-")]
-    pub out: PathBuf,
-    /// Dump this Redis deployment (`redis://[:PASSWORD@]HOST:PORT/DB`) instead of `--data`.
-    #[arg(long, value_name = "URL")]
-    pub redis: Option<String>,
-    /// The key prefix in Redis (with `--redis`).
-    #[arg(long, default_value = "natter:", requires = "redis")]
-    pub redis_prefix: String,
-}
-
-#[derive(Args, Debug)]
-pub struct RestoreArgs {
-    /// The data dir to fill: new, or holding an empty store.
-    #[arg(long, env = "NATTER_DATA", default_value = "./natter-data")]
-    pub data: PathBuf,
-    /// The dump to read, or `-` for stdin.
-    #[arg(long = "in", default_value = "-")]
-    pub input: PathBuf,
-    /// Load into this Redis (`redis://[:PASSWORD@]HOST:PORT/DB`) instead of `--data`: it must
-    /// hold no key under the prefix yet.
-    #[arg(long, value_name = "URL")]
-    pub redis: Option<String>,
-    /// The key prefix in Redis (with `--redis`).
-    #[arg(long, default_value = "natter:", requires = "redis")]
-    pub redis_prefix: String,
 }
 
 impl LimitArgs {
