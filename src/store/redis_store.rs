@@ -8,6 +8,7 @@
 // do not use every piece either, e.g. `HEARTBEAT_EVERY` is for the node's timer).
 #![allow(dead_code)]
 
+mod broker_support;
 mod presence;
 mod publish;
 mod queue;
@@ -31,6 +32,7 @@ use anyhow::Context as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{Bounds, Result, Stored};
+pub(crate) use broker_support::BrokerScripts;
 #[cfg_attr(not(test), allow(unused_imports))]
 pub(crate) use publish::{decode_payload, Outcome, Publish, Published, Template};
 
