@@ -432,3 +432,30 @@ async fn queueing_a_missed_message_twice_queues_it_once() {
     assert_eq!(s.queued("m", "r", 3).await.unwrap().len(), 1);
     assert_eq!(s.last_ids(&["r".into(), "none".into()]).await.unwrap(), [1, 0]);
 }
+
+/// Payloads written by hand on the room's channel (and in its history), as a reconnection or
+/// a race with the subscription can leave them: a message whose `prev` was never seen brings
+/// the history's missing ones first; what was delivered already is dropped.
+#[tokio::test]
+async fn a_gap_on_the_stream_is_filled_from_history_and_duplicates_are_dropped() {
+    let r = TestRedis::start();
+    let stop = CancellationToken::new();
+    let a = node(&r, "a", &stop).await;
+    a.subscribe("r").await;
+    let out = a.conn("r", 1, "x");
+    let entry = |id: u64| format!(r#"{id}:{}:{{"event":"message","id":{id}}}"#, id - 1);
+    let mut c = a.store.conn();
+    for id in 1..=3 {
+        let () = ::redis::cmd("RPUSH").arg(a.store.keys.history("r")).arg(entry(id)).query_async(&mut c).await.unwrap();
+    }
+    let publish = |id: u64| ::redis::cmd("PUBLISH").arg(a.store.channel("r")).arg(entry(id)).clone();
+    // 3 (prev 2) first: 1 and 2 come from the history before it.
+    for id in [3, 1, 2, 3] {
+        let _: u64 = publish(id).query_async(&mut c).await.unwrap();
+    }
+    let () = ::redis::cmd("RPUSH").arg(a.store.keys.history("r")).arg(entry(4)).query_async(&mut c).await.unwrap();
+    let _: u64 = publish(4).query_async(&mut c).await.unwrap();
+    assert_eq!(ids(&events(&out, 4).await), [1, 2, 3, 4]);
+    quiet(&out).await;
+    stop.cancel();
+}
