@@ -353,7 +353,8 @@ impl Subscriber {
     /// Delivers one message to this node's connections (one frame for all) and moves `last`;
     /// members whose every connection here refused it get it queued.
     async fn deliver(&mut self, room: &str, m: &Stored) {
-        let p = Publication { frame: wire::text(&m.json), kind: Kind::Message { id: m.id, prev: m.prev }, except: None };
+        let p =
+            Publication { frame: wire::text(&m.json), kind: Kind::Message { id: m.id, prev: m.prev }, except: None };
         let missed = self.subs.deliver(room, &p);
         self.set_last(room, m.id);
         if missed.is_empty() {
@@ -363,7 +364,10 @@ impl Subscriber {
         let queued = self.store.enqueue_missed(&self.scripts, room, &uids, m, crate::now_ms());
         match self.timed(queued).await {
             Ok(_) => {}
-            Err(e) => tracing::error!("redis broker: room {room}: queueing message {} for closing members failed: {e:#}", m.id),
+            Err(e) => tracing::error!(
+                "redis broker: room {room}: queueing message {} for closing members failed: {e:#}",
+                m.id
+            ),
         }
     }
 

@@ -277,8 +277,8 @@ async fn the_last_unsubscribe_stops_delivery_to_the_node() {
 async fn a_subscribe_that_fails_or_is_dropped_gives_its_count_back() {
     let mut r = TestRedis::start();
     let stop = CancellationToken::new();
-    let a = node_with(&r, "a", RedisBrokerConfig { subscribe_timeout: Duration::from_millis(300), ..cfg(&r) }, &stop)
-        .await;
+    let a =
+        node_with(&r, "a", RedisBrokerConfig { subscribe_timeout: Duration::from_millis(300), ..cfg(&r) }, &stop).await;
     let port = r.port();
     r.stop();
     let e = a.broker.subscribe("r").await.unwrap_err();
@@ -306,7 +306,8 @@ async fn after_a_redis_restart_delivery_resumes_and_the_gap_is_filled() {
     let mut r = TestRedis::start_aof();
     let stop = CancellationToken::new();
     // A long first backoff: the writes below land while node a is still away.
-    let slow = RedisBrokerConfig { backoff_min: Duration::from_secs(2), backoff_max: Duration::from_secs(2), ..cfg(&r) };
+    let slow =
+        RedisBrokerConfig { backoff_min: Duration::from_secs(2), backoff_max: Duration::from_secs(2), ..cfg(&r) };
     let (a, b) = (node_with(&r, "a", slow, &stop).await, node(&r, "b", &stop).await);
     for room in ["busy", "quiet"] {
         a.subscribe(room).await;
