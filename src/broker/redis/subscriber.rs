@@ -112,6 +112,7 @@ impl Subscriber {
                         );
                     }
                     backoff = self.cfg.backoff_min;
+                    logged = false;
                     self.connected.store(true, Ordering::Release);
                     let ended = self.serve(sink, stream).await;
                     self.connected.store(false, Ordering::Release);

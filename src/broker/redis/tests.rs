@@ -460,3 +460,27 @@ async fn a_gap_on_the_stream_is_filled_from_history_and_duplicates_are_dropped()
     quiet(&out).await;
     stop.cancel();
 }
+
+/// Shutdown stops both tasks: the pub/sub connection goes, and the broker refuses work.
+#[tokio::test]
+async fn shutdown_stops_the_broker() {
+    let r = TestRedis::start();
+    let stop = CancellationToken::new();
+    let a = node(&r, "a", &stop).await;
+    a.subscribe("r").await;
+    assert_eq!(numsub(&a.store, "r").await, 1);
+    stop.cancel();
+    let deadline = Instant::now() + WAIT;
+    while numsub(&a.store, "r").await != 0 {
+        assert!(Instant::now() < deadline, "still subscribed after shutdown");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let e = a.broker.subscribe("r2").await.unwrap_err();
+    assert!(format!("{e:#}").contains("stopped"), "{e:#}");
+    let p = Publication { frame: wire::text(b"{}"), kind: Kind::Presence, except: None };
+    while a.broker.publish("r", &Conns::default(), &p).is_ok() {
+        assert!(Instant::now() < deadline, "the presence publisher still runs");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!a.broker.is_connected());
+}
