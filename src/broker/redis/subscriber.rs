@@ -220,7 +220,16 @@ impl Subscriber {
                 }
             }
             Cmd::Unsubscribe(room) => match self.rooms.get_mut(&room) {
-                Some(r) if r.refs > 0 => r.refs -= 1,
+                Some(r) if r.refs > 0 => {
+                    r.refs -= 1;
+                    // Not listening (disconnected): a later holder starts afresh, from the
+                    // last id after its own subscription, not from this holder's gap. (A room
+                    // still subscribed keeps its place until `sync`: a subscribe in the same
+                    // batch keeps the subscription, and its stream, going.)
+                    if r.refs == 0 && !self.subscribed.contains(&room) {
+                        r.last = None;
+                    }
+                }
                 _ => tracing::debug!("redis broker: unsubscribe from {room} without a subscription"),
             },
         }
