@@ -63,6 +63,7 @@ impl RedisBrokerConfig {
 pub(crate) struct RedisBroker {
     store: Arc<RedisStore>,
     presence: mpsc::Sender<publisher::Event>,
+    progress: Arc<publisher::Progress>,
     cmds: mpsc::UnboundedSender<Cmd>,
     subscribe_timeout: Duration,
     connected: Arc<AtomicBool>,
@@ -92,14 +93,32 @@ impl RedisBroker {
             shutdown.clone(),
         );
         tokio::spawn(sub.run());
-        tokio::spawn(publisher::run(store.clone(), presence_rx, shutdown));
-        Ok(Arc::new(RedisBroker { store, presence, cmds, subscribe_timeout: cfg.subscribe_timeout, connected }))
+        let progress = Arc::new(publisher::Progress::default());
+        tokio::spawn(publisher::run(store.clone(), presence_rx, progress.clone(), shutdown));
+        Ok(Arc::new(RedisBroker {
+            store,
+            presence,
+            progress,
+            cmds,
+            subscribe_timeout: cfg.subscribe_timeout,
+            connected,
+        }))
     }
 
     /// Whether the pub/sub connection is up with every open room subscribed (for health
     /// checks; the tests use it to know the broker noticed an outage).
     pub(crate) fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
+    }
+
+    /// Resolves once every presence event this node published before the call has reached
+    /// Redis (or was given up while Redis fails, or the broker stopped). Presence leaves
+    /// through the publisher task and messages through the store's publish script, so a
+    /// message published right after a `login` could reach the channel first: awaiting this
+    /// before the store's publish keeps a node's presence and messages in call order.
+    /// Immediate when nothing is pending (the usual case: presence is rare next to messages).
+    pub(crate) async fn presence_sent(&self) {
+        self.progress.sent().await
     }
 }
 
@@ -116,7 +135,8 @@ impl Broker for RedisBroker {
             // messages are one ordered stream. Never waits: the publisher task sends it.
             Kind::Presence => {
                 let payload = encode_presence(&self.store.node, p.except, frame_payload(&p.frame));
-                self.presence.try_send((self.store.channel(room), payload)).map_err(|e| match e {
+                let event = (self.store.channel(room), payload);
+                self.progress.queue(|| self.presence.try_send(event)).map_err(|e| match e {
                     mpsc::error::TrySendError::Full(_) => anyhow!("presence queue full (Redis slow or unreachable)"),
                     mpsc::error::TrySendError::Closed(_) => anyhow!("redis broker stopped"),
                 })?;

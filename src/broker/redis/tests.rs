@@ -484,3 +484,32 @@ async fn shutdown_stops_the_broker() {
     }
     assert!(!a.broker.is_connected());
 }
+
+/// `presence_sent` orders a node's presence before its next message: 2,000 `login`s queued,
+/// then awaited, then a message; every connection sees all of them before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_sent_orders_presence_before_the_next_message() {
+    let r = TestRedis::start();
+    let stop = CancellationToken::new();
+    let (a, b) = (node(&r, "a", &stop).await, node(&r, "b", &stop).await);
+    a.subscribe("r").await;
+    b.subscribe("r").await;
+    let (oa, ob) = (a.conn("r", 1, "x"), b.conn("r", 1, "y"));
+    const N: usize = 2_000;
+    for i in 0..N {
+        let login = format!(r#"{{"event":"login","roomid":"r","uid":"u{i}","name":"U","num":1,"total":1,"ts":1}}"#);
+        let p = Publication { frame: wire::text(login.as_bytes()), kind: Kind::Presence, except: None };
+        a.broker.publish("r", &Conns::default(), &p).unwrap();
+    }
+    tokio::time::timeout(WAIT, a.broker.presence_sent()).await.expect("presence_sent hangs");
+    let id = say(&a.store, "r", "after the logins").await;
+    for out in [&oa, &ob] {
+        let evs = events(out, N + 1).await;
+        let uids: Vec<String> = evs[..N].iter().map(|e| e["uid"].as_str().unwrap().to_string()).collect();
+        assert_eq!(uids, (0..N).map(|i| format!("u{i}")).collect::<Vec<_>>(), "in call order");
+        assert_eq!(evs[N]["id"], id, "the message after every login");
+    }
+    // Nothing pending: immediate.
+    tokio::time::timeout(Duration::from_millis(100), a.broker.presence_sent()).await.unwrap();
+    stop.cancel();
+}
