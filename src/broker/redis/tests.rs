@@ -513,3 +513,53 @@ async fn presence_sent_orders_presence_before_the_next_message() {
     tokio::time::timeout(Duration::from_millis(100), a.broker.presence_sent()).await.unwrap();
     stop.cancel();
 }
+
+/// Captured log lines (the test's runtime is single-threaded, so the broker's tasks log into
+/// the subscriber set for the test's thread).
+#[derive(Clone, Default)]
+struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An outage with several failed reconnection attempts logs one warning and one "back", and
+/// the presence events dropped meanwhile one warning.
+#[tokio::test]
+async fn an_outage_is_logged_once_not_per_attempt() {
+    let lines = Lines::default();
+    let w = lines.clone();
+    let sub = tracing_subscriber::fmt().with_writer(move || w.clone()).with_ansi(false).finish();
+    let _log = tracing::subscriber::set_default(sub);
+    let mut r = TestRedis::start();
+    let stop = CancellationToken::new();
+    let a = node(&r, "a", &stop).await;
+    a.subscribe("r").await;
+    r.stop();
+    for _ in 0..3 {
+        let p = Publication { frame: wire::text(b"{}"), kind: Kind::Presence, except: None };
+        a.broker.publish("r", &Conns::default(), &p).unwrap();
+        tokio::time::timeout(WAIT, a.broker.presence_sent()).await.unwrap();
+    }
+    // 100, 200, 400 ms...: several attempts fail meanwhile.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    r.restart();
+    let deadline = Instant::now() + WAIT;
+    while !a.broker.is_connected() {
+        assert!(Instant::now() < deadline, "no reconnection");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let count = |s: &str| text.matches(s).count();
+    assert_eq!(count("pub/sub connection lost"), 1, "{text}");
+    assert_eq!(count("cannot connect"), 0, "{text}");
+    assert_eq!(count("pub/sub connection back after"), 1, "{text}");
+    assert_eq!(count("presence events dropped"), 1, "{text}");
+    stop.cancel();
+}
