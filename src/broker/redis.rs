@@ -10,8 +10,9 @@ mod subscriber;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Broker, ConnId, Conns, Kind, Missed, Publication, SubscribeFuture, Subscribers};
 use crate::store::redis_store::RedisStore;
+use crate::sync::LockExt;
 use subscriber::Cmd;
 
 /// How the broker reaches Redis and how it copes with trouble.
@@ -58,6 +60,29 @@ impl RedisBrokerConfig {
     }
 }
 
+/// Per room, the last message id delivered to this node's connections (see
+/// `RedisBroker::delivered`), shared by the subscriber (the only writer) and the broker.
+#[derive(Default)]
+pub(crate) struct Positions(Mutex<HashMap<String, u64>>);
+
+impl Positions {
+    pub(crate) fn get(&self, room: &str) -> Option<u64> {
+        self.0.locked().get(room).copied()
+    }
+    pub(crate) fn set(&self, room: &str, id: u64) {
+        let mut map = self.0.locked();
+        match map.get_mut(room) {
+            Some(at) => *at = id,
+            None => {
+                map.insert(room.to_string(), id);
+            }
+        }
+    }
+    pub(crate) fn forget(&self, room: &str) {
+        self.0.locked().remove(room);
+    }
+}
+
 /// The broker of one node. Cheap to call from under the hub's room lock: `publish`,
 /// `subscribe` and `unsubscribe` only queue work for the two tasks `start` spawns.
 pub(crate) struct RedisBroker {
@@ -67,6 +92,7 @@ pub(crate) struct RedisBroker {
     cmds: mpsc::UnboundedSender<Cmd>,
     subscribe_timeout: Duration,
     connected: Arc<AtomicBool>,
+    positions: Arc<Positions>,
 }
 
 impl RedisBroker {
@@ -83,6 +109,7 @@ impl RedisBroker {
         let (cmds, cmd_rx) = mpsc::unbounded_channel();
         let (presence, presence_rx) = mpsc::channel(cfg.presence_queue.max(1));
         let connected = Arc::new(AtomicBool::new(false));
+        let positions = Arc::new(Positions::default());
         let sub = subscriber::Subscriber::new(
             client,
             store.clone(),
@@ -90,6 +117,7 @@ impl RedisBroker {
             cfg.clone(),
             cmd_rx,
             connected.clone(),
+            positions.clone(),
             shutdown.clone(),
         );
         tokio::spawn(sub.run());
@@ -102,6 +130,7 @@ impl RedisBroker {
             cmds,
             subscribe_timeout: cfg.subscribe_timeout,
             connected,
+            positions,
         }))
     }
 
@@ -109,6 +138,16 @@ impl RedisBroker {
     /// checks; the tests use it to know the broker noticed an outage).
     pub(crate) fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
+    }
+
+    /// The last message id of `room` delivered to this node's connections; `None` while the
+    /// room is not subscribed. The subscriber moves it under the room's `Conns` lock, in the
+    /// same critical section as the delivery, so a join that adds its connection and reads
+    /// this under that lock has an exact split: ids up to it are history (its replay), ids
+    /// after it reach the new connection live. Nothing lost or doubled between subscribing
+    /// and replaying.
+    pub(crate) fn delivered(&self, room: &str) -> Option<u64> {
+        self.positions.get(room)
     }
 
     /// Resolves once every presence event this node published before the call has reached

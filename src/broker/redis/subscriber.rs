@@ -13,7 +13,7 @@ use redis::aio::{PubSubSink, PubSubStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{decode_presence, RedisBrokerConfig};
+use super::{decode_presence, Positions, RedisBrokerConfig};
 use crate::broker::{Kind, Publication, Subscribers};
 use crate::store::redis_store::{decode_payload, BrokerScripts, RedisStore};
 use crate::store::Stored;
@@ -49,6 +49,7 @@ pub(crate) struct Subscriber {
     cfg: RedisBrokerConfig,
     cmds: mpsc::UnboundedReceiver<Cmd>,
     connected: Arc<AtomicBool>,
+    positions: Arc<Positions>,
     shutdown: CancellationToken,
     scripts: BrokerScripts,
     rooms: HashMap<String, Room>,
@@ -72,6 +73,7 @@ impl Subscriber {
         cfg: RedisBrokerConfig,
         cmds: mpsc::UnboundedReceiver<Cmd>,
         connected: Arc<AtomicBool>,
+        positions: Arc<Positions>,
         shutdown: CancellationToken,
     ) -> Self {
         Subscriber {
@@ -81,6 +83,7 @@ impl Subscriber {
             cfg,
             cmds,
             connected,
+            positions,
             shutdown,
             scripts: BrokerScripts::new(),
             rooms: HashMap::new(),
@@ -95,6 +98,7 @@ impl Subscriber {
     pub(crate) async fn run(mut self) {
         let mut backoff = self.cfg.backoff_min;
         let mut down_since: Option<Instant> = Some(Instant::now());
+        // Whether this outage (or the failure of the first connection) was logged already.
         let mut logged = false;
         let shutdown = self.shutdown.clone();
         loop {
@@ -112,7 +116,6 @@ impl Subscriber {
                         );
                     }
                     backoff = self.cfg.backoff_min;
-                    logged = false;
                     self.connected.store(true, Ordering::Release);
                     let ended = self.serve(sink, stream).await;
                     self.connected.store(false, Ordering::Release);
@@ -228,6 +231,7 @@ impl Subscriber {
                     // batch keeps the subscription, and its stream, going.)
                     if r.refs == 0 && !self.subscribed.contains(&room) {
                         r.last = None;
+                        self.positions.forget(&room);
                     }
                 }
                 _ => tracing::debug!("redis broker: unsubscribe from {room} without a subscription"),
@@ -245,6 +249,7 @@ impl Subscriber {
         for room in gone {
             let r = self.rooms.remove(&room).expect("listed above");
             self.by_channel.remove(&r.channel);
+            self.positions.forget(&room);
             if self.subscribed.remove(&room) {
                 unsub.push(r.channel);
             }
@@ -301,9 +306,24 @@ impl Subscriber {
     }
 
     fn set_last(&mut self, room: &str, id: u64) {
+        self.place(room, id, None);
+    }
+
+    /// Moves the room's `last` to `id`, delivering `p` first when given, under the room's
+    /// `Conns` lock (when the room is open here) so that `RedisBroker::delivered` read under
+    /// it splits the ids exactly; returns who missed `p`.
+    fn place(&mut self, room: &str, id: u64, p: Option<&Publication>) -> crate::broker::Missed {
         if let Some(r) = self.rooms.get_mut(room) {
             r.last = Some(id);
         }
+        let Some(here) = self.subs.get(room) else {
+            self.positions.set(room, id);
+            return Vec::new();
+        };
+        let conns = here.lock();
+        let missed = p.map(|p| conns.deliver(p, self.subs.metrics())).unwrap_or_default();
+        self.positions.set(room, id);
+        missed
     }
 
     /// One payload from the stream.
@@ -365,8 +385,7 @@ impl Subscriber {
     async fn deliver(&mut self, room: &str, m: &Stored) {
         let p =
             Publication { frame: wire::text(&m.json), kind: Kind::Message { id: m.id, prev: m.prev }, except: None };
-        let missed = self.subs.deliver(room, &p);
-        self.set_last(room, m.id);
+        let missed = self.place(room, m.id, Some(&p));
         if missed.is_empty() {
             return;
         }

@@ -563,3 +563,57 @@ async fn an_outage_is_logged_once_not_per_attempt() {
     assert_eq!(count("presence events dropped"), 1, "{text}");
     stop.cancel();
 }
+
+/// What the hub's join does with `delivered`: add the connection and read the position under
+/// the room's `Conns` lock, replay the history up to it, take the rest live. Connections that
+/// join while 300 messages stream in get each message exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_under_the_conns_lock_splits_history_and_live_exactly() {
+    let r = TestRedis::start();
+    let stop = CancellationToken::new();
+    let (a, b) = (node(&r, "a", &stop).await, node(&r, "b", &stop).await);
+    let here = a.subs.room("r");
+    assert_eq!(a.broker.delivered("r"), None, "not subscribed");
+    a.subscribe("r").await;
+    assert_eq!(a.broker.delivered("r"), Some(0));
+    const N: u64 = 300;
+    let s = b.store.clone();
+    let writer = tokio::spawn(async move {
+        for i in 0..N {
+            say(&s, "r", &i.to_string()).await;
+        }
+    });
+    let mut joined = Vec::new();
+    let mut conn = 0;
+    while !writer.is_finished() {
+        conn += 1;
+        let out = Arc::new(Outbox::new(10_000, 1 << 26));
+        let at = {
+            let mut conns = here.lock();
+            conns.add(conn, "j".into(), out.clone());
+            a.broker.delivered("r").unwrap()
+        };
+        joined.push((out, at));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    writer.await.unwrap();
+    assert!(joined.len() > 10, "only {} joins", joined.len());
+    let history: Vec<u64> = a.store.history_after("r", 0).await.unwrap().iter().map(|m| m.id).collect();
+    for (out, at) in &joined {
+        let mut got: Vec<u64> = history.iter().copied().filter(|id| id <= at).collect();
+        got.extend(ids(&events(out, (N - at) as usize).await));
+        assert_eq!(got, (1..=N).collect::<Vec<_>>(), "joined at {at}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (out, at) in &joined {
+        assert!(out.has_room(10_000, 0), "more than {} frames for the join at {at}", N - at);
+    }
+    assert_eq!(a.broker.delivered("r"), Some(N));
+    a.broker.unsubscribe("r");
+    let deadline = Instant::now() + WAIT;
+    while a.broker.delivered("r").is_some() {
+        assert!(Instant::now() < deadline, "position kept after the last unsubscribe");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+}
