@@ -83,6 +83,14 @@ impl Positions {
     }
 }
 
+/// What the subscriber task tells the broker.
+#[derive(Default)]
+pub(crate) struct Shared {
+    /// See `RedisBroker::is_connected`.
+    pub(crate) connected: AtomicBool,
+    pub(crate) positions: Positions,
+}
+
 /// The broker of one node. Cheap to call from under the hub's room lock: `publish`,
 /// `subscribe` and `unsubscribe` only queue work for the two tasks `start` spawns.
 pub(crate) struct RedisBroker {
@@ -91,8 +99,7 @@ pub(crate) struct RedisBroker {
     progress: Arc<publisher::Progress>,
     cmds: mpsc::UnboundedSender<Cmd>,
     subscribe_timeout: Duration,
-    connected: Arc<AtomicBool>,
-    positions: Arc<Positions>,
+    shared: Arc<Shared>,
 }
 
 impl RedisBroker {
@@ -108,36 +115,26 @@ impl RedisBroker {
         let client = ::redis::Client::open(cfg.url.as_str()).context("redis url")?;
         let (cmds, cmd_rx) = mpsc::unbounded_channel();
         let (presence, presence_rx) = mpsc::channel(cfg.presence_queue.max(1));
-        let connected = Arc::new(AtomicBool::new(false));
-        let positions = Arc::new(Positions::default());
+        let shared = Arc::new(Shared::default());
         let sub = subscriber::Subscriber::new(
             client,
             store.clone(),
             subs,
             cfg.clone(),
             cmd_rx,
-            connected.clone(),
-            positions.clone(),
+            shared.clone(),
             shutdown.clone(),
         );
         tokio::spawn(sub.run());
         let progress = Arc::new(publisher::Progress::default());
         tokio::spawn(publisher::run(store.clone(), presence_rx, progress.clone(), shutdown));
-        Ok(Arc::new(RedisBroker {
-            store,
-            presence,
-            progress,
-            cmds,
-            subscribe_timeout: cfg.subscribe_timeout,
-            connected,
-            positions,
-        }))
+        Ok(Arc::new(RedisBroker { store, presence, progress, cmds, subscribe_timeout: cfg.subscribe_timeout, shared }))
     }
 
     /// Whether the pub/sub connection is up with every open room subscribed (for health
     /// checks; the tests use it to know the broker noticed an outage).
     pub(crate) fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Acquire)
+        self.shared.connected.load(Ordering::Acquire)
     }
 
     /// The last message id of `room` delivered to this node's connections; `None` while the
@@ -147,7 +144,7 @@ impl RedisBroker {
     /// after it reach the new connection live. Nothing lost or doubled between subscribing
     /// and replaying.
     pub(crate) fn delivered(&self, room: &str) -> Option<u64> {
-        self.positions.get(room)
+        self.shared.positions.get(room)
     }
 
     /// Resolves once every presence event this node published before the call has reached

@@ -3,7 +3,7 @@
 //! `Subscribers` in id order, once, filling gaps from the room's history.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use redis::aio::{PubSubSink, PubSubStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{decode_presence, Positions, RedisBrokerConfig};
+use super::{decode_presence, RedisBrokerConfig, Shared};
 use crate::broker::{Kind, Publication, Subscribers};
 use crate::store::redis_store::{decode_payload, BrokerScripts, RedisStore};
 use crate::store::Stored;
@@ -48,8 +48,7 @@ pub(crate) struct Subscriber {
     subs: Arc<Subscribers>,
     cfg: RedisBrokerConfig,
     cmds: mpsc::UnboundedReceiver<Cmd>,
-    connected: Arc<AtomicBool>,
-    positions: Arc<Positions>,
+    shared: Arc<Shared>,
     shutdown: CancellationToken,
     scripts: BrokerScripts,
     rooms: HashMap<String, Room>,
@@ -72,8 +71,7 @@ impl Subscriber {
         subs: Arc<Subscribers>,
         cfg: RedisBrokerConfig,
         cmds: mpsc::UnboundedReceiver<Cmd>,
-        connected: Arc<AtomicBool>,
-        positions: Arc<Positions>,
+        shared: Arc<Shared>,
         shutdown: CancellationToken,
     ) -> Self {
         Subscriber {
@@ -82,8 +80,7 @@ impl Subscriber {
             subs,
             cfg,
             cmds,
-            connected,
-            positions,
+            shared,
             shutdown,
             scripts: BrokerScripts::new(),
             rooms: HashMap::new(),
@@ -116,9 +113,9 @@ impl Subscriber {
                         );
                     }
                     backoff = self.cfg.backoff_min;
-                    self.connected.store(true, Ordering::Release);
+                    self.shared.connected.store(true, Ordering::Release);
                     let ended = self.serve(sink, stream).await;
-                    self.connected.store(false, Ordering::Release);
+                    self.shared.connected.store(false, Ordering::Release);
                     self.subscribed.clear();
                     match ended {
                         Ended::Shutdown => return,
@@ -231,7 +228,7 @@ impl Subscriber {
                     // batch keeps the subscription, and its stream, going.)
                     if r.refs == 0 && !self.subscribed.contains(&room) {
                         r.last = None;
-                        self.positions.forget(&room);
+                        self.shared.positions.forget(&room);
                     }
                 }
                 _ => tracing::debug!("redis broker: unsubscribe from {room} without a subscription"),
@@ -249,7 +246,7 @@ impl Subscriber {
         for room in gone {
             let r = self.rooms.remove(&room).expect("listed above");
             self.by_channel.remove(&r.channel);
-            self.positions.forget(&room);
+            self.shared.positions.forget(&room);
             if self.subscribed.remove(&room) {
                 unsub.push(r.channel);
             }
@@ -317,12 +314,12 @@ impl Subscriber {
             r.last = Some(id);
         }
         let Some(here) = self.subs.get(room) else {
-            self.positions.set(room, id);
+            self.shared.positions.set(room, id);
             return Vec::new();
         };
         let conns = here.lock();
         let missed = p.map(|p| conns.deliver(p, self.subs.metrics())).unwrap_or_default();
-        self.positions.set(room, id);
+        self.shared.positions.set(room, id);
         missed
     }
 
