@@ -114,12 +114,12 @@ pub(crate) async fn run(
         progress.handled(batch.len());
         match sent {
             Ok(()) if failing => {
-                tracing::info!("redis broker: presence events are published again");
+                tracing::info!(node = %store.node, "redis broker: presence events are published again");
                 failing = false;
             }
             Ok(()) => {}
             Err(e) if !failing => {
-                tracing::warn!("redis broker: presence events dropped while Redis fails: {e:#}");
+                tracing::warn!(node = %store.node, "redis broker: presence events dropped while Redis fails: {e:#}");
                 failing = true;
             }
             Err(_) => {}

@@ -107,6 +107,7 @@ impl Subscriber {
                 Ok((sink, stream)) => {
                     if let Some(t) = down_since.take().filter(|_| logged) {
                         tracing::info!(
+                            node = %self.store.node,
                             "redis broker: pub/sub connection back after {:?}, {} rooms resubscribed",
                             t.elapsed(),
                             self.subscribed.len()
@@ -120,7 +121,7 @@ impl Subscriber {
                     match ended {
                         Ended::Shutdown => return,
                         Ended::Trouble(e) => {
-                            tracing::warn!("redis broker: pub/sub connection lost, reconnecting: {e:#}");
+                            tracing::warn!(node = %self.store.node, "redis broker: pub/sub connection lost, reconnecting: {e:#}");
                             down_since = Some(Instant::now());
                             logged = true;
                             // A blip is retried at once; the backoff starts with the next failure.
@@ -131,7 +132,10 @@ impl Subscriber {
                 Err(e) => {
                     self.subscribed.clear();
                     if !logged {
-                        tracing::warn!("redis broker: cannot connect the pub/sub connection, retrying: {e:#}");
+                        tracing::warn!(
+                            node = %self.store.node,
+                            "redis broker: cannot connect the pub/sub connection, retrying: {e:#}"
+                        );
                         logged = true;
                     }
                 }
