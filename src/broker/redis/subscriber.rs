@@ -279,7 +279,7 @@ impl Subscriber {
         // `since`) only after `subscribe` resolved, so for the hub they are history, never live.
         // (Reading it before SUBSCRIBE instead could leave a message published in between on
         // neither side.)
-        let seqs = self.timed(self.store.last_ids(rooms)).await.context("reading last ids")?;
+        let seqs = self.read(|| self.store.last_ids(rooms)).await.context("reading last ids")?;
         for (room, seq) in rooms.iter().zip(seqs) {
             let last = self.rooms[room].last;
             match last {
@@ -364,7 +364,7 @@ impl Subscriber {
     /// nothing is skipped for want of a read.
     async fn recover(&mut self, room: &str) -> anyhow::Result<()> {
         let Some(last) = self.rooms.get(room).and_then(|r| r.last) else { return Ok(()) };
-        let missed = self.timed(self.store.history_after(room, last)).await.context("reading history")?;
+        let missed = self.read(|| self.store.history_after(room, last)).await.context("reading history")?;
         if let Some(first) = missed.first().filter(|m| m.prev > last) {
             tracing::warn!(
                 "redis broker: room {room}: messages {}..{} are no longer kept, delivering from {}",
@@ -398,6 +398,20 @@ impl Subscriber {
                 "redis broker: room {room}: queueing message {} for closing members failed: {e:#}",
                 m.id
             ),
+        }
+    }
+
+    /// A store read, bounded by the timeout, tried a second time when the first fails: after an
+    /// outage the store's `ConnectionManager` fails one call on its old connection and then
+    /// reconnects, and without the retry the whole resubscription would wait a backoff for it.
+    async fn read<T, F, Fut>(&self, f: F) -> anyhow::Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = crate::store::Result<T>>,
+    {
+        match self.timed(f()).await {
+            Ok(v) => Ok(v),
+            Err(_) => self.timed(f()).await,
         }
     }
 
