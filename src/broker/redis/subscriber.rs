@@ -165,11 +165,17 @@ impl Subscriber {
             .map_err(|_| anyhow!("connecting timed out"))??;
         let (mut sink, stream) = ps.split();
         self.subscribed.clear();
+        self.timed(sink.subscribe(self.probe_channel())).await.context("SUBSCRIBE to the probe channel")?;
         while let Ok(cmd) = self.cmds.try_recv() {
             self.note(cmd);
         }
         self.sync(&mut sink).await?;
         Ok((sink, stream))
+    }
+
+    /// This node's service channel: only its own liveness probes are published there.
+    fn probe_channel(&self) -> String {
+        format!("{}probe:{{{}}}", self.store.keys.prefix, self.store.node)
     }
 
     /// Delivers the stream and applies commands until trouble or shutdown.
@@ -178,6 +184,15 @@ impl Subscriber {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
         let shutdown = self.shutdown.clone();
+        let probe_channel = self.probe_channel();
+        // Liveness (after centrifuge's pub/sub probe): a connection that received nothing for
+        // a whole interval is probed. PING checks the connection itself; a probe PUBLISHed
+        // through the store's connection, the path every message takes, checks that this
+        // subscription is on the Redis that takes the writes (after a failover, or another
+        // Redis on a reused address, PING answers and no traffic ever comes). A probe that
+        // reached no subscriber, or did not come back within the next interval, is trouble.
+        let mut heard = false;
+        let mut probe_out = false;
         loop {
             let step = tokio::select! {
                 biased;
@@ -193,17 +208,47 @@ impl Subscriber {
                     None => return Ended::Shutdown,
                 },
                 msg = stream.next() => match msg {
-                    Some(msg) => self.on_message(msg.get_channel_name(), msg.get_payload_bytes()).await,
+                    Some(msg) => {
+                        heard = true;
+                        if msg.get_channel_name() == probe_channel {
+                            probe_out = false;
+                            Ok(())
+                        } else {
+                            self.on_message(msg.get_channel_name(), msg.get_payload_bytes()).await
+                        }
+                    }
                     None => Err(anyhow!("connection closed")),
                 },
                 _ = ping.tick() => {
-                    let pong = tokio::time::timeout(self.cfg.timeout, sink.ping::<redis::Value>()).await;
-                    pong.map_err(|_| anyhow!("no answer to PING within {:?}", self.cfg.timeout)).and_then(|r| Ok(r.map(drop)?))
+                    if std::mem::take(&mut heard) {
+                        probe_out = false;
+                        Ok(())
+                    } else if probe_out {
+                        Err(anyhow!("a liveness probe did not come back within {:?}", self.cfg.ping_every))
+                    } else {
+                        self.probe(&mut sink, &probe_channel).await.map(|sent| probe_out = sent)
+                    }
                 }
             };
             if let Err(e) = step {
                 return Ended::Trouble(e);
             }
+        }
+    }
+
+    /// PING on the pub/sub connection, then a probe PUBLISHed through the store; true when the
+    /// probe went out (a store that fails is the store's trouble, not this connection's: no
+    /// probe then, the next interval tries again).
+    async fn probe(&self, sink: &mut PubSubSink, channel: &str) -> anyhow::Result<bool> {
+        self.timed(sink.ping::<redis::Value>()).await.context("PING")?;
+        let (mut cmd, mut conn) = (redis::cmd("PUBLISH"), self.store.conn());
+        cmd.arg(channel).arg("probe");
+        match self.timed(cmd.query_async::<u64>(&mut conn)).await {
+            Ok(0) => Err(anyhow!(
+                "a liveness probe reached no subscriber: this connection is not on the Redis that takes the writes"
+            )),
+            Ok(_) => Ok(true),
+            Err(_) => Ok(false),
         }
     }
 

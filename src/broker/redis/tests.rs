@@ -628,3 +628,31 @@ async fn a_join_under_the_conns_lock_splits_history_and_live_exactly() {
     }
     stop.cancel();
 }
+
+/// The liveness probe: an idle subscription on the right Redis is left alone; one on another
+/// Redis than the store's (as after a failover) answers PING but gets no traffic, and is
+/// found out and dropped.
+#[tokio::test]
+async fn the_liveness_probe_finds_a_subscription_on_the_wrong_redis() {
+    let lines = captured();
+    let (r1, r2) = (TestRedis::start(), TestRedis::start());
+    let stop = CancellationToken::new();
+    let quick = |r: &TestRedis| RedisBrokerConfig { ping_every: Duration::from_millis(100), ..cfg(r) };
+    let ok = node_with(&r1, "probe-ok", quick(&r1), &stop).await;
+    let wrong = node_with(&r1, "probe-wrong", quick(&r2), &stop).await;
+    ok.subscribe("r").await;
+    wrong.subscribe("r").await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let text = String::from_utf8(lines.lock().unwrap().clone()).unwrap();
+    let of = |node: &str| -> Vec<String> {
+        text.lines().filter(|l| l.ends_with(&format!("node={node}"))).map(str::to_string).collect()
+    };
+    assert!(of("probe-ok").is_empty(), "{:#?}", of("probe-ok"));
+    let lost = of("probe-wrong");
+    assert!(lost.iter().any(|l| l.contains("connection lost") && l.contains("liveness probe")), "{lost:#?}");
+    // The idle one still delivers.
+    let out = ok.conn("r", 1, "x");
+    let id = say(&ok.store, "r", "still there").await;
+    assert_eq!(ids(&events(&out, 1).await), [id]);
+    stop.cancel();
+}
