@@ -6,6 +6,7 @@
 //! a single node (`LocalBroker`) and a cluster share the hub's code.
 
 mod local;
+pub(crate) mod redis;
 mod subscribers;
 
 use std::future::Future;

@@ -142,6 +142,12 @@ impl Subscribers {
         }
     }
 
+    /// The room's connection set, when the room is open here (a broker that delivers from
+    /// the network must not create rooms).
+    pub fn get(&self, room: &str) -> Option<Arc<RoomSubs>> {
+        self.shard(room).locked().get(room).cloned()
+    }
+
     /// Delivers `p` to the room's connections here (none when the room is not open here):
     /// what a broker that receives from the network does with what it receives.
     pub fn deliver(&self, room: &str, p: &Publication) -> Missed {

@@ -8,6 +8,7 @@
 // do not use every piece either, e.g. `HEARTBEAT_EVERY` is for the node's timer).
 #![allow(dead_code)]
 
+mod broker_support;
 mod conns;
 pub(crate) mod export;
 pub(crate) mod load;
@@ -34,6 +35,7 @@ use anyhow::Context as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{Bounds, Result, Stored};
+pub(crate) use broker_support::BrokerScripts;
 #[cfg_attr(not(test), allow(unused_imports))]
 pub(crate) use publish::{decode_payload, Outcome, Publish, Published, Template};
 
