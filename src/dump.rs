@@ -125,6 +125,7 @@ pub struct Summary {
 /// which holds sled's lock) to `out`.
 /// `dest` names `out` in errors (`--out FILE`, `stdout`).
 pub fn dump(store: &SledStore, out: &mut dyn Write, dest: &str) -> Result<Summary> {
+    use crate::store::logical::Element;
     let db = store.tree()?;
     let mut w = Writer { out, dest, sum: Summary::default(), last_key: String::new() };
     w.line(&Line { natter_dump: Some(FORMAT), natter: Some(env!("CARGO_PKG_VERSION").into()), ..Line::default() })?;
@@ -167,33 +168,17 @@ pub fn dump(store: &SledStore, out: &mut dyn Write, dest: &str) -> Result<Summar
                 }
                 Line { reserved: Some(val::u64_at(&v, 0)), ..Line::of(name, "counter") }
             }
-            Key::History { pos, .. } => {
+            Key::History { room, pos } => {
                 let (id, prev, json) = val::parse_stored(&v).ok_or_else(damaged)?;
-                let l = Line { pos: Some(pos), id: Some(id), prev: Some(prev), ..Line::of(name.clone(), "list") };
-                l.with_msg(json, &name)?
+                line_of(&Element::History { room: &room, pos, id, prev, json })?
             }
-            Key::Queue { n, .. } => {
+            Key::Queue { uid, n } => {
                 let e = val::parse_entry(&v).ok_or_else(damaged)?;
-                let l = Line {
-                    n: Some(n),
-                    ts: Some(e.ts),
-                    id: Some(e.id),
-                    prev: Some(e.prev),
-                    roomid: Some(e.room.into()),
-                    ..Line::of(name.clone(), "list")
-                };
-                l.with_msg(e.rest, &name)?
+                line_of(&Element::Queue { uid: &uid, n, ts: e.ts, id: e.id, prev: e.prev, room: e.room, json: e.rest })?
             }
             Key::Dedupe { uid, cid } => {
                 let (ts, id, room) = val::parse_dedupe(&v).ok_or_else(damaged)?;
-                Line {
-                    uid: Some(uid),
-                    cid: Some(cid),
-                    ts: Some(ts),
-                    value: Some(id),
-                    roomid: Some(room.into()),
-                    ..Line::of(name, "string")
-                }
+                line_of(&Element::Dedupe { uid: &uid, cid: &cid, ts, id, room })?
             }
         };
         w.line(&line)?;
@@ -205,6 +190,45 @@ pub fn dump(store: &SledStore, out: &mut dyn Write, dest: &str) -> Result<Summar
     w.line(&Line { natter_dump_end: Some(true), lines: Some(lines), ..Line::default() })?;
     w.out.flush().with_context(|| format!("{dest}: cannot write the dump"))?;
     Ok(w.sum)
+}
+
+/// The dump line of one element that is not a set member (sets are gathered into chunks).
+fn line_of(e: &crate::store::logical::Element<'_>) -> Result<Line> {
+    use crate::store::logical::Element;
+    Ok(match *e {
+        Element::Member { .. } | Element::UserRoom { .. } => bail!("a set member is written with its set"),
+        Element::Seq { room, last, reserved } => Line {
+            value: last.map(|l| l.0),
+            stored: last.map(|l| l.1),
+            reserved,
+            ..Line::of(format!("room:{room}:seq"), "counter")
+        },
+        Element::History { room, pos, id, prev, json } => {
+            let name = format!("room:{room}:history");
+            let l = Line { pos: Some(pos), id: Some(id), prev: Some(prev), ..Line::of(name.clone(), "list") };
+            l.with_msg(json, &name)?
+        }
+        Element::Queue { uid, n, ts, id, prev, room, json } => {
+            let name = format!("offline:{uid}");
+            let l = Line {
+                n: Some(n),
+                ts: Some(ts),
+                id: Some(id),
+                prev: Some(prev),
+                roomid: Some(room.into()),
+                ..Line::of(name.clone(), "list")
+            };
+            l.with_msg(json, &name)?
+        }
+        Element::Dedupe { uid, cid, ts, id, room } => Line {
+            uid: Some(uid.into()),
+            cid: Some(cid.into()),
+            ts: Some(ts),
+            value: Some(id),
+            roomid: Some(room.into()),
+            ..Line::of(format!("dedupe:{uid}:{cid}"), "string")
+        },
+    })
 }
 
 /// Writes every logical key of the Redis deployment under `prefix` to `out`, in the format
@@ -234,40 +258,7 @@ pub fn dump_redis(url: &str, prefix: &str, out: &mut dyn Write, dest: &str) -> R
             set.get_or_insert_with(|| (name, Vec::new())).1.push(m.to_string());
             return Ok(());
         }
-        let line = match e {
-            Element::Member { .. } | Element::UserRoom { .. } => unreachable!("handled above"),
-            Element::Seq { room, last, reserved } => Line {
-                value: last.map(|l| l.0),
-                stored: last.map(|l| l.1),
-                reserved,
-                ..Line::of(format!("room:{room}:seq"), "counter")
-            },
-            Element::History { room, pos, id, prev, json } => {
-                let name = format!("room:{room}:history");
-                let l = Line { pos: Some(pos), id: Some(id), prev: Some(prev), ..Line::of(name.clone(), "list") };
-                l.with_msg(json, &name)?
-            }
-            Element::Queue { uid, n, ts, id, prev, room, json } => {
-                let name = format!("offline:{uid}");
-                let l = Line {
-                    n: Some(n),
-                    ts: Some(ts),
-                    id: Some(id),
-                    prev: Some(prev),
-                    roomid: Some(room.into()),
-                    ..Line::of(name.clone(), "list")
-                };
-                l.with_msg(json, &name)?
-            }
-            Element::Dedupe { uid, cid, ts, id, room } => Line {
-                uid: Some(uid.into()),
-                cid: Some(cid.into()),
-                ts: Some(ts),
-                value: Some(id),
-                roomid: Some(room.into()),
-                ..Line::of(format!("dedupe:{uid}:{cid}"), "string")
-            },
-        };
+        let line = line_of(&e)?;
         w.line(&line)
     }))?;
     if let Some((name, members)) = set {
