@@ -11,7 +11,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use crate::access::RoomPatterns;
 use crate::config::{Config, JwtConfig, JwtKey, Limits};
 
+mod redis_args;
 mod store_tools;
+pub use redis_args::RedisArgs;
 pub use store_tools::{DumpArgs, GetArgs, KeysArgs, RestoreArgs};
 
 /// Shortest HS256 secret accepted outside --dev, bytes (the key size of HMAC-SHA256).
@@ -139,6 +141,8 @@ pub struct ServeArgs {
     pub trusted_proxies: Vec<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
 }
 
 #[derive(Args, Debug)]
@@ -416,6 +420,7 @@ impl ServeArgs {
             metrics_listen: self.metrics_listen,
             tls,
             data_dir: self.data.clone(),
+            redis: self.redis.target()?,
             jwt,
             public_rooms,
             heartbeat: self.heartbeat,

@@ -120,6 +120,14 @@ pub struct JwtConfig {
     pub issuer: Option<String>,
 }
 
+/// The Redis a scaled-out node keeps the store in.
+#[derive(Clone)]
+pub struct RedisTarget {
+    /// With the password from `--redis-password-file` in it, if given: never logged.
+    pub url: String,
+    pub prefix: String,
+}
+
 #[derive(Clone)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -128,6 +136,8 @@ pub struct Config {
     /// Both or neither; validated at startup.
     pub tls: Option<crate::tls::TlsFiles>,
     pub data_dir: PathBuf,
+    /// Scaled out: the store is in this Redis, not in `data_dir`.
+    pub redis: Option<RedisTarget>,
     pub jwt: JwtConfig,
     /// Rooms a token without the rooms claim may join.
     pub public_rooms: crate::access::RoomPatterns,

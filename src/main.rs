@@ -202,11 +202,17 @@ async fn run(cfg: Config, shutdown: CancellationToken, reload: Arc<tokio::sync::
             None
         }
     };
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("--data: cannot create {}", cfg.data_dir.display()))?;
-    let store = Arc::new(SledStore::open(&cfg.data_dir, bounds(Some(&cfg)))?);
-    store.clear_presence()?;
-    let store: Arc<dyn Store> = store;
+    // Scaled out, the store is Redis and nothing is kept in --data.
+    let store: Option<Arc<dyn Store>> = match &cfg.redis {
+        Some(_) => None,
+        None => {
+            std::fs::create_dir_all(&cfg.data_dir)
+                .with_context(|| format!("--data: cannot create {}", cfg.data_dir.display()))?;
+            let store = Arc::new(SledStore::open(&cfg.data_dir, bounds(Some(&cfg)))?);
+            store.clear_presence()?;
+            Some(store)
+        }
+    };
     let verifier = natter::auth::Verifier::new(&cfg.jwt, cfg.public_rooms.clone(), cfg.limits.max_token_bytes)
         .map_err(|e| anyhow::anyhow!("--jwt-public-key: {e}"))?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -222,12 +228,28 @@ async fn run(cfg: Config, shutdown: CancellationToken, reload: Arc<tokio::sync::
         nofile,
         metrics.clone(),
     );
-    let hub = natter::hub::Hub::with_limits(
-        store.clone(),
-        metrics.clone(),
-        cfg.limits.max_connections_per_uid,
-        cfg.limits.max_rooms_per_uid,
-    );
+    // The Redis broker outlives the sessions: their last presence events go out through it.
+    let broker_stop = CancellationToken::new();
+    let hub = match (&store, &cfg.redis) {
+        (Some(store), _) => natter::hub::Hub::with_limits(
+            store.clone(),
+            metrics.clone(),
+            cfg.limits.max_connections_per_uid,
+            cfg.limits.max_rooms_per_uid,
+        ),
+        (None, Some(target)) => {
+            natter::hub::Hub::on_redis(
+                target,
+                bounds(Some(&cfg)),
+                metrics.clone(),
+                cfg.limits.max_connections_per_uid,
+                cfg.limits.max_rooms_per_uid,
+                broker_stop.clone(),
+            )
+            .await?
+        }
+        (None, None) => unreachable!("a store is opened without --redis"),
+    };
     let env =
         Arc::new(natter::session::Env { hub: hub.clone(), verifier: Arc::new(verifier), limits: cfg.limits.clone() });
     let dev_tokens = match (&cfg.jwt.key, cfg.dev) {
@@ -262,20 +284,27 @@ async fn run(cfg: Config, shutdown: CancellationToken, reload: Arc<tokio::sync::
     }
 
     let flusher_stop = CancellationToken::new();
-    let flusher = {
-        let (commit, store, m, stop) = (hub.group_commit(), store.clone(), metrics.clone(), flusher_stop.clone());
+    let flusher = store.clone().map(|store| {
+        let (commit, m, stop) = (hub.group_commit(), metrics.clone(), flusher_stop.clone());
         tokio::spawn(supervise("flusher", metrics.clone(), flusher_stop.clone(), move || {
             commit.clone().run(store.clone(), m.clone(), stop.clone())
         }))
-    };
+    });
     let (h, beat, stop) = (hub.clone(), cfg.heartbeat, shutdown.clone());
     tokio::spawn(supervise("heartbeat", metrics.clone(), shutdown.clone(), move || {
         h.clone().heartbeat(beat, stop.clone())
     }));
-    let (h, stop) = (hub.clone(), shutdown.clone());
-    tokio::spawn(supervise("housekeeping", metrics.clone(), shutdown.clone(), move || {
-        h.clone().housekeeping(stop.clone())
-    }));
+    if hub.is_clustered() {
+        let (h, stop) = (hub.clone(), shutdown.clone());
+        tokio::spawn(supervise("redis node", metrics.clone(), shutdown.clone(), move || {
+            h.clone().run_node(stop.clone())
+        }));
+    } else {
+        let (h, stop) = (hub.clone(), shutdown.clone());
+        tokio::spawn(supervise("housekeeping", metrics.clone(), shutdown.clone(), move || {
+            h.clone().housekeeping(stop.clone())
+        }));
+    }
 
     if tls.is_none() {
         tracing::warn!(
@@ -289,15 +318,21 @@ async fn run(cfg: Config, shutdown: CancellationToken, reload: Arc<tokio::sync::
     let drained =
         natter::server::run(listener, app, tls, cfg.limits.handshake_timeout, shutdown, Duration::from_secs(7)).await;
     flusher_stop.cancel();
-    let _ = flusher.await;
-    store.flush().await.context("final store flush")?;
-    // Every message is on disk and, when every session has ended, nothing is published any
-    // more: ids may continue right after the last one.
-    if drained {
-        if let Err(e) = hub.release_ids() {
-            tracing::warn!("releasing id reservations: {e:#}");
-        }
+    if let Some(f) = flusher {
+        let _ = f.await;
+    }
+    hub.leave_node().await;
+    broker_stop.cancel();
+    if let Some(store) = &store {
         store.flush().await.context("final store flush")?;
+        // Every message is on disk and, when every session has ended, nothing is published any
+        // more: ids may continue right after the last one.
+        if drained {
+            if let Err(e) = hub.release_ids() {
+                tracing::warn!("releasing id reservations: {e:#}");
+            }
+            store.flush().await.context("final store flush")?;
+        }
     }
     tracing::info!("stopped");
     Ok(())

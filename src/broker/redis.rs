@@ -2,7 +2,7 @@
 //! it has open (docs/redis-broker.md). Owns the `Broker` implementation, its configuration and
 //! the presence payload; `subscriber` owns the pub/sub connection and delivery, `publisher` the
 //! presence PUBLISHes.
-// Not wired into `natter serve` yet (issue 11): only the tests construct it.
+// `delivered` and `is_connected` are for the tests (and a health check to come).
 #![cfg_attr(not(test), allow(dead_code))]
 
 mod publisher;

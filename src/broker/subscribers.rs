@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use bytes::Bytes;
+
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Pushed};
 use crate::sync::LockExt;
@@ -17,7 +19,15 @@ const SHARDS: usize = 64;
 struct Sub {
     uid: Arc<str>,
     outbox: Arc<Outbox>,
+    /// While a join catches the connection up (scaled out, where the catch-up is read with
+    /// no lock held): the publications delivered meanwhile, in order, each with its message
+    /// id, held back until `activate`. `None` for a live connection (the usual case: no lock).
+    pending: Option<Mutex<Vec<Held>>>,
 }
+
+/// A publication held for a pending connection: its message id (`None` for presence) and
+/// the frame.
+pub type Held = (Option<u64>, Bytes);
 
 /// One room's connections on this node, behind a lock that the hub takes under the room's
 /// own lock (and a broker that delivers from the network takes alone).
@@ -50,12 +60,47 @@ pub struct Conns {
 impl Conns {
     /// Adds a connection; true when it was not there yet.
     pub fn add(&mut self, id: ConnId, uid: Arc<str>, outbox: Arc<Outbox>) -> bool {
-        self.map.insert(id, Sub { uid, outbox }).is_none()
+        self.map.insert(id, Sub { uid, outbox, pending: None }).is_none()
+    }
+
+    /// Adds a connection as pending: what is delivered to it is held (see `Sub::pending`)
+    /// until `activate`. A connection already here becomes pending again (a repeated join
+    /// with `since` catches it up once more). It counts as receiving: never "missed".
+    pub fn add_pending(&mut self, id: ConnId, uid: Arc<str>, outbox: Arc<Outbox>) {
+        match self.map.get_mut(&id) {
+            Some(s) => s.pending = Some(Mutex::default()),
+            None => {
+                self.map.insert(id, Sub { uid, outbox, pending: Some(Mutex::default()) });
+            }
+        }
+    }
+
+    /// Makes a pending connection live and returns what was held for it, oldest first; the
+    /// caller sends its catch-up and then these, in the same critical section, so that no
+    /// publication overtakes them. Empty for a connection that was not pending.
+    pub fn activate(&mut self, id: ConnId) -> Vec<Held> {
+        let held = self.map.get_mut(&id).and_then(|s| s.pending.take());
+        held.map(|h| h.into_inner().unwrap_or_else(|p| p.into_inner())).unwrap_or_default()
+    }
+
+    /// Whether the connection is here and live (not pending).
+    pub fn is_live(&self, id: ConnId) -> bool {
+        self.map.get(&id).is_some_and(|s| s.pending.is_none())
+    }
+
+    /// How many connections are here (live or pending).
+    pub fn len(&self) -> usize {
+        self.map.len()
     }
 
     /// Removes a connection; its uid when it was there.
     pub fn remove(&mut self, id: ConnId) -> Option<Arc<str>> {
         self.map.remove(&id).map(|s| s.uid)
+    }
+
+    /// The uid of a connection here.
+    pub fn uid_of(&self, id: ConnId) -> Option<Arc<str>> {
+        self.map.get(&id).map(|s| s.uid.clone())
     }
 
     pub fn contains(&self, id: ConnId) -> bool {
@@ -82,6 +127,14 @@ impl Conns {
         let mut refused: Vec<&Arc<str>> = Vec::new();
         for (id, s) in &self.map {
             if Some(*id) == p.except {
+                continue;
+            }
+            if let Some(held) = &s.pending {
+                let id = match p.kind {
+                    super::Kind::Message { id, .. } => Some(id),
+                    super::Kind::Presence => None,
+                };
+                held.locked().push((id, p.frame.clone()));
                 continue;
             }
             match s.outbox.push(p.frame.clone()) {

@@ -78,9 +78,9 @@ async fn every_room_event_goes_through_the_broker_in_id_order() {
     hub.join(&ca, &a, "r", None).await.unwrap();
     hub.join(&cb, &b, "r", None).await.unwrap();
     for text in ["1", "2", "3"] {
-        hub.publish(&ca, &a, "r", text, None).unwrap();
+        hub.publish(&ca, &a, "r", text, None).await.unwrap();
     }
-    hub.leave(&cb, &b, "r").unwrap();
+    hub.leave(&cb, &b, "r").await.unwrap();
     hub.disconnect(&ca, &a, &["r".to_string()]);
     assert_eq!(hub.evict_idle_rooms().await.unwrap(), 1);
 
@@ -113,7 +113,7 @@ async fn connections_get_nothing_live_the_broker_did_not_deliver() {
     let (ca, cb) = (hub.register(oa.clone()), hub.register(ob.clone()));
     hub.join(&ca, &a, "r", None).await.unwrap();
     hub.join(&cb, &b, "r", None).await.unwrap();
-    hub.publish(&ca, &a, "r", "hi", None).unwrap();
+    hub.publish(&ca, &a, "r", "hi", None).await.unwrap();
     // Only what is a joiner's own: its `login`.
     assert_eq!(names(&events(&oa).await), ["login"]);
     assert_eq!(names(&events(&ob).await), ["login"]);

@@ -7,6 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::metrics::Metrics;
 use crate::protocol::{self, Mark};
 use crate::store::{Queued, Stored};
 use crate::sync::LockExt;
@@ -22,15 +23,23 @@ const CONFIRM_TAG: &[u8] = b"nq";
 static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
 
 /// What a joiner is owed: the replay after `since` and its queued entries for the room.
-struct CatchUp {
-    replay: Vec<Stored>,
-    queued: Vec<Queued>,
+pub(super) struct CatchUp {
+    pub(super) replay: Vec<Stored>,
+    pub(super) queued: Vec<Queued>,
+}
+
+impl CatchUp {
+    /// Whether message `id` is in the catch-up (a publication held for a pending joiner that
+    /// the catch-up already has is not sent twice).
+    pub(super) fn has(&self, id: u64) -> bool {
+        self.replay.binary_search_by_key(&id, |m| m.id).is_ok() || self.queued.iter().any(|q| q.id == id)
+    }
 }
 
 /// True when nothing stored after `since` is missing from `replay` and `queued`: the replay's
 /// oldest message follows `since` directly, or the queue holds every message between them.
 /// Stored messages are chained by `prev`, so ids skipped after a crash are no gap.
-fn recovered(since: u64, replay: &[Stored], queued: &[Queued]) -> bool {
+pub(super) fn recovered(since: u64, replay: &[Stored], queued: &[Queued]) -> bool {
     // An empty replay: the room's newest stored message is at or before `since`.
     let Some(first) = replay.first() else { return true };
     let mut need = first.prev;
@@ -59,6 +68,52 @@ fn confirm_ping() -> (u64, bytes::Bytes) {
     (token, frame)
 }
 
+/// Sends the replay, then the queued entries it does not cover. Entries at or below `since`
+/// are returned, for the caller to dequeue now (the client says it has them); the others
+/// leave the queue once the client answers the ping that follows them (`Hub::pong`). A queue
+/// larger than the outbox has room for is sent in part, the ping after it, and the connection
+/// closed with 1013: the rest stays queued for the next `login`, which so always gets further.
+pub(super) fn send_catch_up(metrics: &Metrics, conn: &Conn, uid: &str, since: Option<u64>, c: &CatchUp) -> Vec<u64> {
+    let send_one = |frame| super::send_one(metrics, conn, frame);
+    let mut all_sent = true;
+    for m in &c.replay {
+        all_sent &= send_one(wire::text(&protocol::with_mark(&m.json, Mark::Replay)));
+    }
+    let replayed = |id: u64| c.replay.binary_search_by_key(&id, |m| m.id).is_ok();
+    let mut claimed = Vec::new();
+    let mut sent = Vec::new();
+    let mut cut_short = false;
+    for q in &c.queued {
+        if since.is_some_and(|k| q.id <= k) {
+            claimed.push(q.n);
+        } else if replayed(q.id) {
+            sent.push(q.n);
+        } else if all_sent && !cut_short {
+            let frame = wire::text(&protocol::with_mark(&q.json, Mark::Offline));
+            // Room for this entry and the ping after it, or the drain stops here.
+            if !conn.outbox.has_room(2, frame.len() + CONFIRM_FRAME_LEN) {
+                cut_short = true;
+                continue;
+            }
+            all_sent = send_one(frame);
+            if all_sent {
+                sent.push(q.n);
+            }
+        }
+    }
+    if all_sent && !sent.is_empty() {
+        let (token, frame) = confirm_ping();
+        conn.unconfirmed.locked().push((token, uid.to_string(), sent));
+        if !send_one(frame) {
+            conn.unconfirmed.locked().retain(|(t, ..)| *t != token);
+        }
+    }
+    if cut_short {
+        conn.outbox.close(1013, "slow consumer: log in again for the rest of the offline queue");
+    }
+    claimed
+}
+
 impl Hub {
     /// The room, opened from the store when it is not in memory: its first block of ids is
     /// reserved and flushed before anyone can publish in it (the flush is awaited, on no lock).
@@ -83,16 +138,16 @@ impl Hub {
     /// `open_room` once subscribed (the caller holds the room id's open lock).
     async fn open_subscribed(&self, id: &str) -> Result<Arc<Room>, HubError> {
         loop {
-            let members = self.store.members(id)?;
-            let last = self.store.last_id(id)?;
+            let members = self.store().members(id)?;
+            let last = self.store().last_id(id)?;
             let upto = last + ID_BLOCK;
-            self.store.reserve_ids(id, upto)?;
-            self.store.flush().await?;
+            self.store().reserve_ids(id, upto)?;
+            self.store().flush().await?;
             let mut rooms = self.rooms.locked();
             // Openers of one id take turns on the open lock, and only they insert.
             debug_assert!(!rooms.contains_key(id));
             // An eviction released ids while we flushed: what we read may be stale, start over.
-            if self.store.last_id(id)? != upto {
+            if self.store().last_id(id)? != upto {
                 continue;
             }
             let room = Arc::new(Room::new(members, last, upto, self.subs.room(id)));
@@ -105,10 +160,13 @@ impl Hub {
     /// replays history after `since`, then delivers the uid's offline queue for the room, all
     /// under the room lock so that no live message overtakes them.
     pub async fn join(&self, conn: &Conn, who: &Who<'_>, roomid: &str, since: Option<u64>) -> Result<Joined, HubError> {
+        if let super::Engine::Redis(c) = &self.engine {
+            return c.join(conn, who, roomid, since).await;
+        }
         // Before the room is opened: a refused join creates no room state. (Two connections of
         // one uid joining new rooms at the same moment may both pass: the cap is not exact.)
         if self.max_rooms_per_uid != usize::MAX {
-            let rooms = self.store.user_rooms(who.uid).map_err(HubError::Unavailable)?;
+            let rooms = self.store().user_rooms(who.uid).map_err(HubError::Unavailable)?;
             if rooms.len() >= self.max_rooms_per_uid && !rooms.iter().any(|r| r == roomid) {
                 return Err(HubError::TooManyRooms(self.max_rooms_per_uid));
             }
@@ -140,7 +198,7 @@ impl Hub {
         let mut here = room.subs.lock();
         let is_new = !here.contains(conn.id);
         if is_new && !st.members.contains(who.uid) {
-            if let Err(e) = self.store.add_member(roomid, who.uid) {
+            if let Err(e) = self.store().add_member(roomid, who.uid) {
                 return Some(Err(e.into()));
             }
             st.members.insert(who.uid.to_string());
@@ -151,7 +209,7 @@ impl Hub {
             let count = st.online.entry(uid.clone()).or_insert(0);
             *count += 1;
             let count = *count;
-            if let Err(e) = self.store.set_online(roomid, who.uid, count) {
+            if let Err(e) = self.store().set_online(roomid, who.uid, count) {
                 tracing::warn!("presence write failed: {e:#}");
             }
             st.offline.remove(who.uid);
@@ -190,56 +248,16 @@ impl Hub {
 
     fn read_catch_up(&self, uid: &str, roomid: &str, since: Option<u64>) -> anyhow::Result<CatchUp> {
         let replay = match since {
-            Some(k) => self.store.history_after(roomid, k)?,
+            Some(k) => self.store().history_after(roomid, k)?,
             None => Vec::new(),
         };
-        Ok(CatchUp { replay, queued: self.store.queued(uid, roomid, crate::now_ms())? })
+        Ok(CatchUp { replay, queued: self.store().queued(uid, roomid, crate::now_ms())? })
     }
 
-    /// Sends the replay, then the queued entries it does not cover. Entries at or below
-    /// `since` leave the queue now (the client says it has them); the others once the client
-    /// answers the ping that follows them. A queue larger than the outbox has room for is sent
-    /// in part, the ping after it, and the connection closed with 1013: the rest stays queued
-    /// for the next `login`, which so always gets further.
+    /// `send_catch_up`, then the entries it found covered by `since` leave the queue.
     fn deliver(&self, conn: &Conn, uid: &str, since: Option<u64>, c: CatchUp) -> anyhow::Result<()> {
-        let mut all_sent = true;
-        for m in &c.replay {
-            all_sent &= self.send_one(conn, wire::text(&protocol::with_mark(&m.json, Mark::Replay)));
-        }
-        let replayed = |id: u64| c.replay.binary_search_by_key(&id, |m| m.id).is_ok();
-        let mut claimed = Vec::new();
-        let mut sent = Vec::new();
-        let mut cut_short = false;
-        for q in &c.queued {
-            if since.is_some_and(|k| q.id <= k) {
-                claimed.push(q.n);
-            } else if replayed(q.id) {
-                sent.push(q.n);
-            } else if all_sent && !cut_short {
-                let frame = wire::text(&protocol::with_mark(&q.json, Mark::Offline));
-                // Room for this entry and the ping after it, or the drain stops here.
-                if !conn.outbox.has_room(2, frame.len() + CONFIRM_FRAME_LEN) {
-                    cut_short = true;
-                    continue;
-                }
-                all_sent = self.send_one(conn, frame);
-                if all_sent {
-                    sent.push(q.n);
-                }
-            }
-        }
-        self.store.dequeue(uid, &claimed)?;
-        if all_sent && !sent.is_empty() {
-            let (token, frame) = confirm_ping();
-            conn.unconfirmed.locked().push((token, uid.to_string(), sent));
-            if !self.send_one(conn, frame) {
-                conn.unconfirmed.locked().retain(|(t, ..)| *t != token);
-            }
-        }
-        if cut_short {
-            conn.outbox.close(1013, "slow consumer: log in again for the rest of the offline queue");
-        }
-        Ok(())
+        let claimed = send_catch_up(&self.metrics, conn, uid, since, &c);
+        self.store().dequeue(uid, &claimed)
     }
 
     /// A pong from `conn`: when it answers a drain's ping, the entries that ping followed
@@ -257,7 +275,11 @@ impl Hub {
         };
         for (_, uid, mut ns) in confirmed {
             ns.sort_unstable();
-            if let Err(e) = self.store.dequeue(&uid, &ns) {
+            if let super::Engine::Redis(c) = &self.engine {
+                c.dequeue_later(uid, ns);
+                continue;
+            }
+            if let Err(e) = self.store().dequeue(&uid, &ns) {
                 // They stay queued: delivered again at the next login, which is safe.
                 tracing::warn!("dequeue after confirmation failed: {e:#}");
             }

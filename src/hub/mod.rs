@@ -8,6 +8,8 @@
 
 #[cfg(test)]
 mod broker_tests;
+mod cluster;
+mod cluster_node;
 mod join;
 mod room;
 mod tasks;
@@ -90,14 +92,31 @@ pub(crate) fn stripe(key: &str) -> usize {
     BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(key) as usize % STRIPES
 }
 
+/// Queues one frame to one connection (counted); false when its outbox refused it.
+fn send_one(metrics: &Metrics, conn: &Conn, frame: Bytes) -> bool {
+    let queued = conn.outbox.push(frame) == crate::outbox::Pushed::Queued;
+    if queued {
+        metrics.messages_out.inc();
+    }
+    queued
+}
+
 impl From<anyhow::Error> for HubError {
     fn from(e: anyhow::Error) -> Self {
         HubError::Unavailable(e)
     }
 }
 
+/// Where the rooms' data lives, and so who gives ids and orders a room.
+enum Engine {
+    /// One node: the store answers from memory under the hub's room lock, which orders a room.
+    Embedded(Arc<dyn Store>),
+    /// Scaled out: Redis gives ids and holds membership and presence (`cluster`).
+    Redis(Arc<cluster::Cluster>),
+}
+
 pub struct Hub {
-    store: Arc<dyn Store>,
+    engine: Engine,
     /// Every room event goes out through it.
     broker: Arc<dyn Broker>,
     /// This node's connections per room, which the broker delivers to.
@@ -144,9 +163,21 @@ impl Hub {
         broker: impl FnOnce(Arc<Subscribers>) -> Arc<dyn Broker>,
     ) -> Arc<Hub> {
         let subs = Arc::new(Subscribers::new(metrics.clone()));
+        let broker = broker(subs.clone());
+        Hub::build(Engine::Embedded(store), broker, subs, metrics, max_per_uid, max_rooms_per_uid)
+    }
+
+    fn build(
+        engine: Engine,
+        broker: Arc<dyn Broker>,
+        subs: Arc<Subscribers>,
+        metrics: Arc<Metrics>,
+        max_per_uid: usize,
+        max_rooms_per_uid: usize,
+    ) -> Arc<Hub> {
         Arc::new(Hub {
-            store,
-            broker: broker(subs.clone()),
+            engine,
+            broker,
             subs,
             metrics,
             commit: Arc::new(GroupCommit::default()),
@@ -163,6 +194,21 @@ impl Hub {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The embedded store. Only the single-node paths call it: every public method sends a
+    /// Redis hub to `cluster` first.
+    fn store(&self) -> &Arc<dyn Store> {
+        match &self.engine {
+            Engine::Embedded(s) => s,
+            Engine::Redis(_) => unreachable!("an embedded-store path on a Redis hub"),
+        }
+    }
+
+    /// Whether this hub runs on Redis (no local store: no flusher, no housekeeping, no ids
+    /// to release).
+    pub fn is_clustered(&self) -> bool {
+        matches!(self.engine, Engine::Redis(_))
     }
 
     pub fn group_commit(&self) -> Arc<GroupCommit> {
@@ -184,18 +230,25 @@ impl Hub {
         }
     }
 
-    /// Counts a connection against its uid's limit; false when over it.
-    pub fn claim_uid(&self, uid: &str) -> bool {
+    /// Counts a connection against its uid's limit; false when over it. Scaled out, the
+    /// count is the uid's connections on every live node.
+    pub async fn claim_uid(&self, uid: &str) -> Result<bool, HubError> {
+        if let Engine::Redis(c) = &self.engine {
+            return c.claim(uid).await;
+        }
         let mut u = self.uids.locked();
         let n = u.entry(uid.to_string()).or_insert(0);
         if *n >= self.max_per_uid {
-            return false;
+            return Ok(false);
         }
         *n += 1;
-        true
+        Ok(true)
     }
 
     pub fn release_uid(&self, uid: &str) {
+        if let Engine::Redis(c) = &self.engine {
+            return c.release(uid);
+        }
         let mut u = self.uids.locked();
         if let Some(n) = u.get_mut(uid) {
             *n -= 1;
@@ -211,11 +264,7 @@ impl Hub {
 
     /// Queues one frame to one connection; false when its outbox refused it.
     fn send_one(&self, conn: &Conn, frame: Bytes) -> bool {
-        let queued = conn.outbox.push(frame) == crate::outbox::Pushed::Queued;
-        if queued {
-            self.metrics.messages_out.inc();
-        }
-        queued
+        send_one(&self.metrics, conn, frame)
     }
 
     /// Removes `conn` from a room. `leave` (explicit) also ends the membership when it was the
@@ -235,7 +284,7 @@ impl Hub {
             *c -= 1;
             *c
         };
-        if let Err(e) = self.store.set_online(roomid, who.uid, left) {
+        if let Err(e) = self.store().set_online(roomid, who.uid, left) {
             tracing::warn!("presence write failed: {e:#}");
         }
         if left > 0 {
@@ -243,7 +292,7 @@ impl Hub {
         }
         st.online.remove(&uid);
         if end_membership {
-            self.store.remove_member(roomid, who.uid)?;
+            self.store().remove_member(roomid, who.uid)?;
             st.members.remove(who.uid);
         } else if st.members.contains(who.uid) {
             st.offline.insert(who.uid.to_string());
@@ -284,7 +333,7 @@ impl Hub {
         if !rooms.get(roomid).is_some_and(|r| Arc::ptr_eq(r, room)) {
             return Ok(false);
         }
-        self.store.release_ids(roomid, st.last_id)?;
+        self.store().release_ids(roomid, st.last_id)?;
         rooms.remove(roomid);
         st.evicted = true;
         self.subs.forget(roomid, &room.subs);
@@ -300,12 +349,20 @@ impl Hub {
         }
     }
 
-    pub fn leave(&self, conn: &Conn, who: &Who, roomid: &str) -> Result<(), HubError> {
+    pub async fn leave(&self, conn: &Conn, who: &Who<'_>, roomid: &str) -> Result<(), HubError> {
+        if let Engine::Redis(c) = &self.engine {
+            return c.remove(conn.id, who, roomid, true).await;
+        }
         self.remove(conn, who, roomid, true)
     }
 
-    /// A connection went away: it leaves every room it was in, memberships kept.
+    /// A connection went away: it leaves every room it was in, memberships kept. Never
+    /// waits (it runs as the session is dropped): scaled out, the Redis writes go on in a
+    /// task of the hub's (`settle` waits for them).
     pub fn disconnect(&self, conn: &Conn, who: &Who, rooms: &[String]) {
+        if let Engine::Redis(c) = &self.engine {
+            return c.disconnect(conn.id, who, rooms);
+        }
         for r in rooms {
             if let Err(HubError::Unavailable(e)) = self.remove(conn, who, r, false) {
                 tracing::error!("disconnect from room {r}: {e:#}");
@@ -316,7 +373,29 @@ impl Hub {
     /// `message`: assigns the next id, stores it (history, offline queues, dedupe record) and
     /// fans it out, all under the room lock; with a `cid`, the `ack` follows the next flush.
     /// A `cid` seen from this uid within the dedupe window is acked again, not republished.
-    pub fn publish(&self, conn: &Conn, who: &Who, roomid: &str, text: &str, cid: Option<&str>) -> Result<(), HubError> {
+    pub async fn publish(
+        &self,
+        conn: &Conn,
+        who: &Who<'_>,
+        roomid: &str,
+        text: &str,
+        cid: Option<&str>,
+    ) -> Result<(), HubError> {
+        match &self.engine {
+            Engine::Redis(c) => c.publish(conn, who, roomid, text, cid).await,
+            Engine::Embedded(_) => self.publish_embedded(conn, who, roomid, text, cid),
+        }
+    }
+
+    /// `publish` on one node: no await, so the room lock orders it.
+    fn publish_embedded(
+        &self,
+        conn: &Conn,
+        who: &Who,
+        roomid: &str,
+        text: &str,
+        cid: Option<&str>,
+    ) -> Result<(), HubError> {
         let room = self.existing_room(roomid).ok_or(HubError::NotInRoom)?;
         // Lock order: dedupe stripe, then room.
         let _cid_guard = cid.map(|_| self.dedupe_locks[stripe(who.uid)].locked());
@@ -327,7 +406,7 @@ impl Hub {
         }
         let now = crate::now_ms();
         if let Some(c) = cid {
-            if let Some((first_room, id)) = self.store.dedupe_get(who.uid, c, now)? {
+            if let Some((first_room, id)) = self.store().dedupe_get(who.uid, c, now)? {
                 drop(st);
                 self.commit.after_flush(conn.outbox.clone(), wire::text(&protocol::ack(c, id, &first_room)));
                 return Ok(());
@@ -351,7 +430,7 @@ impl Hub {
         let offline = st.offline_now(&closing);
         let dedupe = cid.map(|c| (who.uid, c));
         let prev =
-            self.store.append(&Append { room: roomid, id, json: &json, offline: &offline, dedupe, now_ms: now })?;
+            self.store().append(&Append { room: roomid, id, json: &json, offline: &offline, dedupe, now_ms: now })?;
         let mut queued_for = offline.len() as u64;
         // Connections that began closing since `offline_now` refuse the frame: their members
         // get it queued too, still before the ack is registered (the flush covers it).
@@ -365,7 +444,7 @@ impl Hub {
             missed.iter().map(|u| &**u).filter(|u| st.members.contains(*u) && !offline.contains(u)).collect();
         if !missed.is_empty() {
             let a = Append { room: roomid, id, json: &json, offline: &missed, dedupe: None, now_ms: now };
-            match self.store.enqueue(&a, prev) {
+            match self.store().enqueue(&a, prev) {
                 Ok(()) => queued_for += missed.len() as u64,
                 Err(e) => tracing::error!("room {roomid}: queueing message {id} for closing members failed: {e:#}"),
             }
@@ -387,9 +466,9 @@ impl Hub {
     fn keep_reserved_ahead(&self, room: &Arc<Room>, st: &mut RoomState, roomid: &str, id: u64) -> Result<(), HubError> {
         if !st.reserving && st.reserved.saturating_sub(id) < ID_BLOCK / 2 {
             let upto = st.reserved.max(id) + ID_BLOCK;
-            self.store.reserve_ids(roomid, upto)?;
+            self.store().reserve_ids(roomid, upto)?;
             st.reserving = true;
-            let (store, room) = (self.store.clone(), room.clone());
+            let (store, room) = (self.store().clone(), room.clone());
             tokio::spawn(async move {
                 let flushed = store.flush().await;
                 let mut st = room.lock();

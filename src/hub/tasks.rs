@@ -43,7 +43,7 @@ impl Hub {
                 _ = tick.tick() => {}
                 _ = shutdown.cancelled() => return,
             }
-            let store = self.store.clone();
+            let store = self.store().clone();
             let res = tokio::task::spawn_blocking(move || store.expire(crate::now_ms())).await;
             if let Ok(Err(e)) = res {
                 tracing::warn!("expiry sweep failed: {e:#}");
@@ -60,7 +60,7 @@ impl Hub {
         let all: Vec<(String, Arc<Room>)> = self.rooms.locked().iter().map(|(id, r)| (id.clone(), r.clone())).collect();
         for (id, room) in all {
             let last_id = room.lock().last_id;
-            self.store.release_ids(&id, last_id)?;
+            self.store().release_ids(&id, last_id)?;
         }
         Ok(())
     }
@@ -84,7 +84,7 @@ impl Hub {
         if idle.is_empty() {
             return Ok(0);
         }
-        self.store.flush().await?;
+        self.store().flush().await?;
         let mut evicted = 0;
         for (id, room, last_id) in idle {
             let mut st = room.lock();

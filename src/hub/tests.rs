@@ -48,7 +48,7 @@ async fn idle_rooms_are_evicted_and_reopen_where_they_were() {
     let out = Arc::new(Outbox::new(100, 1 << 20));
     let c = hub.register(out.clone());
     hub.join(&c, &who, "r", None).await.unwrap();
-    hub.publish(&c, &who, "r", "one", None).unwrap();
+    hub.publish(&c, &who, "r", "one", None).await.unwrap();
     assert_eq!(hub.evict_idle_rooms().await.unwrap(), 0, "a room with a connection stays");
     hub.disconnect(&c, &who, &["r".to_string()]);
     assert_eq!(hub.evict_idle_rooms().await.unwrap(), 1);
@@ -57,7 +57,7 @@ async fn idle_rooms_are_evicted_and_reopen_where_they_were() {
     let out2 = Arc::new(Outbox::new(100, 1 << 20));
     let c2 = hub.register(out2.clone());
     hub.join(&c2, &who, "r", None).await.unwrap();
-    hub.publish(&c2, &who, "r", "two", None).unwrap();
+    hub.publish(&c2, &who, "r", "two", None).await.unwrap();
     let ev = events(&out2).await;
     assert_eq!(ev[0]["event"], "login");
     assert_eq!(ev[0]["total"], 1, "membership survived the eviction");
@@ -74,8 +74,8 @@ async fn a_room_that_never_had_a_message_goes_with_its_last_connection() {
         hub.join(&c, &who, room, None).await.unwrap();
     }
     assert!(store.last_id("fresh").unwrap() > 0, "opening reserves ids");
-    hub.publish(&c, &who, "kept", "one", None).unwrap();
-    hub.leave(&c, &who, "fresh").unwrap();
+    hub.publish(&c, &who, "kept", "one", None).await.unwrap();
+    hub.leave(&c, &who, "fresh").await.unwrap();
     assert!(!hub.rooms.locked().contains_key("fresh"), "dropped at once");
     assert_eq!(store.last_id("fresh").unwrap(), 0, "its reservation went with it");
     hub.disconnect(&c, &who, &["kept".to_string()]);
@@ -83,7 +83,7 @@ async fn a_room_that_never_had_a_message_goes_with_its_last_connection() {
     // Back in the dropped room: opened afresh, ids from 1.
     let c2 = hub.register(out.clone());
     hub.join(&c2, &who, "fresh", None).await.unwrap();
-    hub.publish(&c2, &who, "fresh", "first", None).unwrap();
+    hub.publish(&c2, &who, "fresh", "first", None).await.unwrap();
     let ev = events(&out).await;
     assert_eq!(ev.last().unwrap()["id"], 1, "{ev:?}");
 }
@@ -99,7 +99,7 @@ async fn a_room_in_use_again_is_not_evicted() {
     let c2 = hub.register(out.clone());
     hub.join(&c2, &who, "r", None).await.unwrap();
     assert_eq!(hub.evict_idle_rooms().await.unwrap(), 0);
-    hub.publish(&c2, &who, "r", "still here", None).unwrap();
+    hub.publish(&c2, &who, "r", "still here", None).await.unwrap();
     let ev = events(&out).await;
     assert_eq!(ev.last().unwrap()["message"], "still here");
 }
@@ -121,7 +121,7 @@ async fn ids_resumed_after_a_crash_survive_an_eviction() {
     assert_eq!(hub.evict_idle_rooms().await.unwrap(), 1);
     let c2 = hub.register(out.clone());
     hub.join(&c2, &who, "r", None).await.unwrap();
-    hub.publish(&c2, &who, "r", "after", None).unwrap();
+    hub.publish(&c2, &who, "r", "after", None).await.unwrap();
     let ev = events(&out).await;
     assert_eq!(ev.last().unwrap()["id"], 1025);
 }
@@ -222,15 +222,15 @@ async fn publishes_never_wait_for_an_id_reservation() {
     // The disk stalls: the first block (65,536 ids) is already durable.
     store.gate.send_replace(false);
     for _ in 0..super::ID_BLOCK {
-        hub.publish(&c, &who, "r", "x", None).unwrap();
+        hub.publish(&c, &who, "r", "x", None).await.unwrap();
     }
     assert_eq!(store.last_id("r").unwrap(), 2 * super::ID_BLOCK, "the next block is written, not yet flushed");
-    let refused = hub.publish(&c, &who, "r", "one too many", None);
+    let refused = hub.publish(&c, &who, "r", "one too many", None).await;
     assert!(matches!(refused, Err(super::HubError::Unavailable(_))), "{refused:?}");
     // The flush comes through: publishing goes on.
     store.gate.send_replace(true);
     tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        while hub.publish(&c, &who, "r", "after", None).is_err() {
+        while hub.publish(&c, &who, "r", "after", None).await.is_err() {
             tokio::task::yield_now().await;
         }
     })
@@ -249,9 +249,9 @@ async fn a_failed_store_write_publishes_nothing() {
     let c = hub.register(out.clone());
     hub.join(&c, &who, "r", None).await.unwrap();
     store.fail.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert!(matches!(hub.publish(&c, &who, "r", "lost", Some("c1")), Err(super::HubError::Unavailable(_))));
+    assert!(matches!(hub.publish(&c, &who, "r", "lost", Some("c1")).await, Err(super::HubError::Unavailable(_))));
     store.fail.store(false, std::sync::atomic::Ordering::Relaxed);
-    hub.publish(&c, &who, "r", "kept", None).unwrap();
+    hub.publish(&c, &who, "r", "kept", None).await.unwrap();
     let ev = events(&out).await;
     assert_eq!(ev.len(), 2, "the login and the second message only: {ev:?}");
     assert_eq!((ev[1]["id"].as_u64(), ev[1]["message"].as_str()), (Some(1), Some("kept")));
@@ -268,7 +268,7 @@ async fn a_closing_connection_counts_as_offline() {
     let cb = hub.register(Arc::new(Outbox::new(2, 1 << 20)));
     hub.join(&cb, &bob, "r", None).await.unwrap();
     for text in ["fits", "overflows", "while closing"] {
-        hub.publish(&ca, &alice, "r", text, None).unwrap();
+        hub.publish(&ca, &alice, "r", text, None).await.unwrap();
     }
     assert!(cb.outbox.is_closing());
     let queued: Vec<u64> = store.queued("b", "r", crate::now_ms()).unwrap().iter().map(|q| q.id).collect();

@@ -97,7 +97,7 @@ impl Session {
     }
 
     /// A token from the upgrade request or an `auth` event.
-    pub fn on_token(&mut self, token: &str) -> Flow {
+    pub async fn on_token(&mut self, token: &str) -> Flow {
         let metrics = self.env.hub.metrics().clone();
         let id: Identity = match self.env.verifier.verify(token) {
             Ok(id) => id,
@@ -122,9 +122,17 @@ impl Session {
             }
             Some(_) => {}
             None => {
-                if !self.env.hub.claim_uid(&id.uid) {
-                    self.error(ErrorCode::TooManyConnections, "too many connections for this uid");
-                    return Flow::Close(1008, "too many connections");
+                match self.env.hub.claim_uid(&id.uid).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.error(ErrorCode::TooManyConnections, "too many connections for this uid");
+                        return Flow::Close(1008, "too many connections");
+                    }
+                    Err(e) => {
+                        // Scaled out and Redis is away: the limit cannot be checked.
+                        self.hub_error(e);
+                        return Flow::Close(1013, "store unavailable, try again later");
+                    }
                 }
                 self.auth = Some(Authed { uid: id.uid.clone(), token_name: id.name.clone(), rooms: id.rooms.clone() });
             }
@@ -141,17 +149,17 @@ impl Session {
             let who = self.who();
             self.send(&protocol::auth_ok(who.uid, who.name, id.exp));
         }
-        self.leave_forbidden();
+        self.leave_forbidden().await;
         Flow::Continue
     }
 
     /// After a token refresh: the rooms the new token does not allow are left as if by
     /// `leave`, each with an `error` `forbidden_room` naming it, so the client knows why.
-    fn leave_forbidden(&mut self) {
+    async fn leave_forbidden(&mut self) {
         let Some(a) = &self.auth else { return };
         let gone: Vec<String> = self.rooms.iter().filter(|r| !a.rooms.allows(r)).cloned().collect();
         for room in gone {
-            self.leave(&room);
+            self.leave(&room).await;
             self.error(ErrorCode::ForbiddenRoom, &format!("left room {room}: the refreshed token does not allow it"));
         }
     }
@@ -177,7 +185,7 @@ impl Session {
             }
         };
         match event {
-            ClientEvent::Auth { token } => return self.on_token(&token),
+            ClientEvent::Auth { token } => return self.on_token(&token).await,
             // Before auth, everything but `auth` gets noauth; once expired, `heartbeat` still works.
             _ if self.auth.is_none() => {
                 self.send(&protocol::noauth(protocol::NOAUTH_TEXT));
@@ -207,9 +215,9 @@ impl Session {
                 if let Some(flow) = self.over_rate() {
                     return flow;
                 }
-                self.leave(&roomid)
+                self.leave(&roomid).await
             }
-            ClientEvent::Message { roomid, text, cid } => return self.message(roomid, &text, cid.as_deref()),
+            ClientEvent::Message { roomid, text, cid } => return self.message(roomid, &text, cid.as_deref()).await,
         }
         Flow::Continue
     }
@@ -252,12 +260,12 @@ impl Session {
         }
     }
 
-    fn leave(&mut self, roomid: &str) {
+    async fn leave(&mut self, roomid: &str) {
         let Some(pos) = self.rooms.iter().position(|r| r == roomid) else {
             return self.error(ErrorCode::NotInRoom, "this connection has not joined that room");
         };
         self.rooms.swap_remove(pos);
-        if let Err(e) = self.env.hub.leave(&self.conn, &self.who(), roomid) {
+        if let Err(e) = self.env.hub.leave(&self.conn, &self.who(), roomid).await {
             self.hub_error(e);
         }
     }
@@ -296,7 +304,7 @@ impl Session {
         Some(Flow::Continue)
     }
 
-    fn message(&mut self, roomid: Option<String>, text: &str, cid: Option<&str>) -> Flow {
+    async fn message(&mut self, roomid: Option<String>, text: &str, cid: Option<&str>) -> Flow {
         if let Some(flow) = self.over_rate() {
             return flow;
         }
@@ -318,7 +326,7 @@ impl Session {
                 }
             },
         };
-        if let Err(e) = self.env.hub.publish(&self.conn, &self.who(), &roomid, text, cid) {
+        if let Err(e) = self.env.hub.publish(&self.conn, &self.who(), &roomid, text, cid).await {
             self.hub_error(e);
         }
         Flow::Continue

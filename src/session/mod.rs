@@ -131,7 +131,7 @@ async fn read_loop<R: AsyncRead + Unpin>(r: R, env: Arc<Env>, conn: Arc<Conn>, c
     let mut frames = MessageReader::new(r, env.limits.max_message_bytes).with_seen(conn.seen_flag());
     let mut session = Session::new(env.clone(), conn.clone(), clock, up.v1);
     if let Some(t) = up.token {
-        if let Flow::Close(code, why) = session.on_token(&t) {
+        if let Flow::Close(code, why) = session.on_token(&t).await {
             conn.outbox.close(code, why);
         }
     }

@@ -1,18 +1,21 @@
 //! The Redis backend: PROTOCOL.md's logical keys in one Redis shared by N natter nodes, with the
-//! store assigning ids in one Lua script per publish (docs/redis.md). Async and self-contained:
-//! not wired into `natter serve` yet (issue 11), so the hub still uses the `Store` trait.
+//! store assigning ids in one Lua script per publish (docs/redis.md). Async (inherent methods):
+//! the hub's Redis engine (`hub::cluster`) calls it directly, not through the `Store` trait.
 //!
 //! Submodules: `publish` (the publish script, its template and channel payload), `presence`
-//! (per-node presence with expiry), `queue` (offline queues), `scripts` (the Lua), tests.
-// Nothing outside the tests calls it until the hub's async store interface lands (the tests
-// do not use every piece either, e.g. `HEARTBEAT_EVERY` is for the node's timer).
-#![allow(dead_code)]
+//! (per-node presence with expiry), `presence_room` (a join's or leave's presence change with
+//! the counts), `conns` (the per-uid connection limit), `queue` (offline queues), `scripts`
+//! (the Lua), `load`/`export` (restore and dump), tests.
+// The whole logical-key API is kept (the model tests compare it with MemoryStore's answer by
+// answer); `serve` uses part of it.
+#![cfg_attr(not(test), allow(dead_code))]
 
 mod broker_support;
 mod conns;
 pub(crate) mod export;
 pub(crate) mod load;
 mod presence;
+mod presence_room;
 mod publish;
 mod queue;
 mod scripts;
@@ -36,6 +39,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{Bounds, Result, Stored};
 pub(crate) use broker_support::BrokerScripts;
+pub(crate) use presence_room::{Membership, RoomCounts};
 #[cfg_attr(not(test), allow(unused_imports))]
 pub(crate) use publish::{decode_payload, Outcome, Publish, Published, Template};
 

@@ -9,6 +9,7 @@
 //! - [`http_get`] / [`raw_http`] / [`metrics`]: minimal HTTP/1.1 over TCP or TLS.
 //! - [`oracle`]: the crash oracle's model and checks (used by tests/crash/; not re-exported).
 //! - [`Rng`]: a tiny seeded PRNG for reproducible plans.
+//! - [`TestRedis`]: a redis-server of its own on a free loopback port, for `serve --redis`.
 //!
 //! Set `NATTER_TEST_STDERR=inherit` to see the server's logs on the test's stderr; by default
 //! they go to a file in the server's temp dir and are printed when startup fails.
@@ -38,10 +39,16 @@ mod http;
 pub mod oracle;
 pub mod proc;
 mod raw;
+/// A throwaway redis-server (the library's own test helper, shared rather than copied).
+#[path = "../../src/store/redis_store/test_server.rs"]
+pub mod redis_server;
 mod rng;
 mod server;
 mod tls;
 mod tokens;
+
+#[allow(unused_imports)]
+pub(crate) use redis_server::TestRedis;
 
 // Each test binary uses only part of the helper, so unused re-exports are expected.
 #[allow(unused_imports)]

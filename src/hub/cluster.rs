@@ -1,0 +1,420 @@
+//! The hub's rooms scaled out on Redis (docs/scale-out.md): the store gives each message its id
+//! in one script, membership and presence live in Redis, and this node's connections get every
+//! room event, its own included, back from the `RedisBroker`'s subscription in id order.
+//!
+//! Ordering without a process-wide room lock: a room's messages are ordered by Redis (the
+//! publish script gives the id and PUBLISHes in one step), and each node delivers them in id
+//! order. What a node still serialises is its own presence in a room (`Here`), because the
+//! counts it writes are absolute.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio_util::task::TaskTracker;
+
+use super::cluster_node::ConnCounts;
+use super::join::{recovered, send_catch_up, CatchUp};
+use super::{send_one, Conn, ConnId, HubError, Joined, Who, STRIPES};
+use crate::broker::redis::RedisBroker;
+use crate::broker::{Broker, Conns, Kind, Publication, RoomSubs, Subscribers};
+use crate::metrics::Metrics;
+use crate::protocol::{self, LoginOut, LogoutOut, MessageOut};
+use crate::store::redis_store::{Membership, Outcome, Publish, RedisStore, RoomCounts, Template};
+use crate::sync::LockExt;
+use crate::wire;
+
+/// This node's part of one room.
+pub(super) struct Room {
+    pub(super) subs: Arc<RoomSubs>,
+    /// This node's connections per uid in the room (what it writes to Redis as its presence),
+    /// held across those writes: a node's presence writes of one room land in the order it
+    /// made them, and a join's catch-up is not interleaved with a leave of the same room.
+    pub(super) here: Arc<tokio::sync::Mutex<Here>>,
+}
+
+#[derive(Default)]
+pub(super) struct Here {
+    pub(super) uids: HashMap<Arc<str>, u32>,
+    /// Dropped from the map (its last connection left): a joiner that waited for `here`
+    /// must look the room up again.
+    pub(super) evicted: bool,
+}
+
+/// The Redis half of a hub.
+pub(crate) struct Cluster {
+    pub(super) store: Arc<RedisStore>,
+    pub(super) broker: Arc<RedisBroker>,
+    subs: Arc<Subscribers>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) rooms: Mutex<HashMap<String, Arc<Room>>>,
+    /// Serialises the opening (subscribing) of a room, striped by room id.
+    open_locks: [tokio::sync::Mutex<()>; STRIPES],
+    /// The Redis writes of disconnects and releases, which run after their session is gone.
+    pub(super) tasks: TaskTracker,
+    max_per_uid: usize,
+    max_rooms_per_uid: usize,
+    /// A presence write failed: the heartbeat writes this node's presence again.
+    pub(super) dirty: AtomicBool,
+    pub(super) conn_counts: ConnCounts,
+}
+
+impl Cluster {
+    pub(super) fn new(
+        store: Arc<RedisStore>,
+        broker: Arc<RedisBroker>,
+        subs: Arc<Subscribers>,
+        metrics: Arc<Metrics>,
+        max_per_uid: usize,
+        max_rooms_per_uid: usize,
+    ) -> Self {
+        Cluster {
+            store,
+            broker,
+            subs,
+            metrics,
+            rooms: Mutex::default(),
+            open_locks: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
+            tasks: TaskTracker::new(),
+            max_per_uid,
+            max_rooms_per_uid,
+            dirty: AtomicBool::new(false),
+            conn_counts: ConnCounts::default(),
+        }
+    }
+
+    /// `num` (uids online on live nodes) and `total` (members) as Redis has them now.
+    pub(super) async fn counts(&self, room: &str) -> anyhow::Result<(usize, usize)> {
+        let num = self.store.online(room).await?.len();
+        let total: usize =
+            redis::cmd("SCARD").arg(self.store.keys.members(room)).query_async(&mut self.store.conn()).await?;
+        Ok((num, total))
+    }
+
+    /// A presence write that failed: logged, and rewritten by the next heartbeat.
+    fn presence_failed(&self, e: &anyhow::Error) {
+        tracing::warn!("presence write failed (written again at the next heartbeat): {e:#}");
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    fn existing(&self, id: &str) -> Option<Arc<Room>> {
+        self.rooms.locked().get(id).cloned()
+    }
+
+    /// The room, subscribed first when this node does not have it open: from then on every
+    /// message of the room reaches this node's connections in it.
+    async fn open(&self, id: &str) -> Result<Arc<Room>, HubError> {
+        if let Some(r) = self.existing(id) {
+            return Ok(r);
+        }
+        let _opening = self.open_locks[super::stripe(id)].lock().await;
+        if let Some(r) = self.existing(id) {
+            return Ok(r);
+        }
+        self.broker.subscribe(id).await.map_err(HubError::Unavailable)?;
+        let room = Arc::new(Room { subs: self.subs.room(id), here: Arc::default() });
+        self.rooms.locked().insert(id.to_string(), room.clone());
+        Ok(room)
+    }
+
+    /// Drops a room whose last connection left (the caller holds `here`): unsubscribed, so a
+    /// node is subscribed to exactly the rooms it has connections in.
+    fn evict(&self, id: &str, room: &Arc<Room>, here: &mut Here) {
+        let mut rooms = self.rooms.locked();
+        if rooms.get(id).is_some_and(|r| Arc::ptr_eq(r, room)) {
+            rooms.remove(id);
+        }
+        drop(rooms);
+        here.evicted = true;
+        self.subs.forget(id, &room.subs);
+        self.broker.unsubscribe(id);
+    }
+
+    /// Publishes a `login`/`logout` to every node's connections in the room (but `except`,
+    /// a connection of this node); lost with a log line when the broker cannot take it.
+    pub(super) fn announce(&self, room: &str, json: Vec<u8>, except: Option<ConnId>) {
+        let p = Publication { frame: wire::text(&json), kind: Kind::Presence, except };
+        if let Err(e) = self.broker.publish(room, &Conns::default(), &p) {
+            tracing::warn!("room {room}: presence event not published: {e:#}");
+        }
+    }
+
+    pub(super) async fn claim(&self, uid: &str) -> Result<bool, HubError> {
+        let claimed = self.store.claim_conn(uid, self.max_per_uid).await?;
+        if claimed {
+            *self.conn_counts.locked().entry(uid.to_string()).or_insert(0) += 1;
+        }
+        Ok(claimed)
+    }
+
+    pub(super) fn release(&self, uid: &str) {
+        {
+            let mut counts = self.conn_counts.locked();
+            if let Some(n) = counts.get_mut(uid) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(uid);
+                }
+            }
+        }
+        let (store, uid) = (self.store.clone(), uid.to_string());
+        self.tasks.spawn(async move {
+            if let Err(e) = store.release_conn(&uid).await {
+                // Counted until this node's deadline passes if it never succeeds.
+                tracing::warn!("releasing a connection of {uid} in redis failed: {e:#}");
+            }
+        });
+    }
+
+    /// Entries a pong confirmed leave the queue (a failure leaves them queued: delivered again
+    /// at the next login, which is safe).
+    pub(super) fn dequeue_later(&self, uid: String, ns: Vec<u64>) {
+        let store = self.store.clone();
+        self.tasks.spawn(async move {
+            if let Err(e) = store.dequeue(&uid, &ns).await {
+                tracing::warn!("dequeue after confirmation failed: {e:#}");
+            }
+        });
+    }
+
+    /// `login`. The connection is added as pending first, so that what the room publishes
+    /// from then on is held for it; then membership and presence are written (messages after
+    /// that are no longer queued for it) and the catch-up is read, with no lock held; then,
+    /// under the room's `Conns` lock, its `login`, the catch-up and the held publications the
+    /// catch-up does not have go out, and it is live. Nothing is lost or doubled.
+    pub(super) async fn join(
+        &self,
+        conn: &Conn,
+        who: &Who<'_>,
+        roomid: &str,
+        since: Option<u64>,
+    ) -> Result<Joined, HubError> {
+        if self.max_rooms_per_uid != usize::MAX {
+            let rooms = self.store.user_rooms(who.uid).await?;
+            if rooms.len() >= self.max_rooms_per_uid && !rooms.iter().any(|r| r == roomid) {
+                return Err(HubError::TooManyRooms(self.max_rooms_per_uid));
+            }
+        }
+        let (room, mut here) = loop {
+            let room = self.open(roomid).await?;
+            let here = room.here.clone().lock_owned().await;
+            if !here.evicted {
+                break (room, here);
+            }
+        };
+        let uid: Arc<str> = here.uids.get_key_value(who.uid).map(|(k, _)| k.clone()).unwrap_or_else(|| who.uid.into());
+        let is_new = {
+            let mut c = room.subs.lock();
+            let new = !c.contains(conn.id);
+            if new && c.is_empty() {
+                self.metrics.rooms.inc();
+            }
+            c.add_pending(conn.id, uid.clone(), conn.outbox.clone());
+            new
+        };
+        // Even a repeated login writes (the same count): its `login` gets fresh counts.
+        let n = here.uids.get(&uid).copied().unwrap_or(0) + u32::from(is_new);
+        let m = if is_new { Membership::Add } else { Membership::Keep };
+        let RoomCounts { num, total, .. } = match self.store.set_presence(roomid, who.uid, n, m).await {
+            Ok(counts) => counts,
+            Err(e) => {
+                if is_new {
+                    self.undo_join(conn.id, who.uid, &uid, roomid, &room, &mut here).await;
+                } else {
+                    room.subs.lock().activate(conn.id);
+                }
+                return Err(e.into());
+            }
+        };
+        here.uids.insert(uid.clone(), n);
+        let catch_up = self.read_catch_up(who.uid, roomid, since).await;
+        let mut login = LoginOut {
+            event: "login",
+            roomid,
+            uid: who.uid,
+            name: who.name,
+            num,
+            total,
+            ts: crate::now_ms(),
+            recovered: None,
+        };
+        if is_new {
+            self.announce(roomid, protocol::login(&login), Some(conn.id));
+        }
+        login.recovered = since.map(|k| catch_up.as_ref().is_ok_and(|c| recovered(k, &c.replay, &c.queued)));
+        let claimed = {
+            let mut c = room.subs.lock();
+            if is_new || login.recovered.is_some() {
+                send_one(&self.metrics, conn, wire::text(&protocol::login(&login)));
+            }
+            let claimed = catch_up.as_ref().ok().map(|cu| send_catch_up(&self.metrics, conn, who.uid, since, cu));
+            for (id, frame) in c.activate(conn.id) {
+                if id.is_some_and(|id| catch_up.as_ref().is_ok_and(|cu| cu.has(id))) {
+                    continue;
+                }
+                send_one(&self.metrics, conn, frame);
+            }
+            claimed
+        };
+        drop(here);
+        let delivered = match catch_up {
+            Ok(_) => self.store.dequeue(who.uid, &claimed.unwrap_or_default()).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &delivered {
+            tracing::error!("replay/offline delivery in room {roomid}: {e:#}");
+        }
+        Ok(Joined { catch_up_failed: delivered.is_err() })
+    }
+
+    /// A join that could not write its presence: the connection leaves the room again, and
+    /// this node's count is written back (the failed write may have landed).
+    async fn undo_join(
+        &self,
+        conn: ConnId,
+        uid: &str,
+        key: &Arc<str>,
+        roomid: &str,
+        room: &Arc<Room>,
+        here: &mut Here,
+    ) {
+        let empty = {
+            let mut c = room.subs.lock();
+            c.remove(conn);
+            c.is_empty()
+        };
+        let n = here.uids.get(key).copied().unwrap_or(0);
+        if let Err(e) = self.store.set_presence(roomid, uid, n, Membership::Keep).await {
+            self.presence_failed(&e);
+        }
+        if empty {
+            self.metrics.rooms.dec();
+            self.evict(roomid, room, here);
+        }
+    }
+
+    async fn read_catch_up(&self, uid: &str, roomid: &str, since: Option<u64>) -> anyhow::Result<CatchUp> {
+        let replay = match since {
+            Some(k) => self.store.history_after(roomid, k).await?,
+            None => Vec::new(),
+        };
+        Ok(CatchUp { replay, queued: self.store.queued(uid, roomid, crate::now_ms()).await? })
+    }
+
+    /// `message`: one script gives the id and stores, queues and PUBLISHes it; this node's
+    /// connections, the sender's included, get it from the subscription like every other
+    /// node's. The `ack` follows the script (durable as Redis's AOF setting makes it).
+    pub(super) async fn publish(
+        &self,
+        conn: &Conn,
+        who: &Who<'_>,
+        roomid: &str,
+        text: &str,
+        cid: Option<&str>,
+    ) -> Result<(), HubError> {
+        let room = self.existing(roomid).ok_or(HubError::NotInRoom)?;
+        if !room.subs.lock().is_live(conn.id) {
+            return Err(HubError::NotInRoom);
+        }
+        // This node's presence events of the room go first (they leave through a task).
+        self.broker.presence_sent().await;
+        let now = crate::now_ms();
+        let template = Template::message(&MessageOut {
+            event: "message",
+            id: 0,
+            roomid,
+            uid: who.uid,
+            name: who.name,
+            message: text,
+            num: 0,
+            total: 0,
+            ts: now,
+            cid,
+        });
+        let p = Publish { room: roomid, uid: who.uid, cid, template: &template, now_ms: now };
+        let (id, acked_room) = match self.store.publish(&p).await? {
+            Outcome::Published(m) => {
+                self.metrics.messages_in.inc();
+                (m.id, roomid.to_string())
+            }
+            Outcome::AlreadyPublished { room, id } => (id, room),
+        };
+        if let Some(c) = cid {
+            send_one(&self.metrics, conn, wire::text(&protocol::ack(c, id, &acked_room)));
+        }
+        Ok(())
+    }
+
+    /// Removes `conn` from a room: its presence here goes down by one, and with the uid's
+    /// last connection on this node its presence here ends (`end_membership`: its membership
+    /// too) and the room hears `logout` when no other node has it there either. The presence
+    /// is written before the connection leaves `Conns`: until Redis counts the uid offline, a
+    /// message reaches its (closing) connection here, whose refusal queues it.
+    pub(super) async fn remove(
+        &self,
+        conn: ConnId,
+        who: &Who<'_>,
+        roomid: &str,
+        end_membership: bool,
+    ) -> Result<(), HubError> {
+        let room = self.existing(roomid).ok_or(HubError::NotInRoom)?;
+        let mut here = room.here.lock().await;
+        let Some(uid) = room.subs.lock().uid_of(conn).filter(|_| !here.evicted) else {
+            return Err(HubError::NotInRoom);
+        };
+        let left = match here.uids.get_mut(&uid) {
+            Some(n) => {
+                *n = n.saturating_sub(1);
+                *n
+            }
+            None => 0,
+        };
+        if left == 0 {
+            here.uids.remove(&uid);
+        }
+        let done = self.after_remove(who, roomid, left, end_membership).await;
+        let empty = {
+            let mut c = room.subs.lock();
+            c.remove(conn);
+            c.is_empty()
+        };
+        if empty {
+            self.metrics.rooms.dec();
+            self.evict(roomid, &room, &mut here);
+        }
+        done
+    }
+
+    async fn after_remove(&self, who: &Who<'_>, roomid: &str, left: u32, end_membership: bool) -> Result<(), HubError> {
+        let m = if end_membership && left == 0 { Membership::End } else { Membership::Keep };
+        let counts =
+            self.store.set_presence(roomid, who.uid, left, m).await.inspect_err(|e| self.presence_failed(e))?;
+        if left == 0 && !counts.uid_online {
+            let RoomCounts { num, total, .. } = counts;
+            let json =
+                protocol::logout(&LogoutOut { event: "logout", roomid, uid: who.uid, name: who.name, num, total });
+            self.announce(roomid, json, None);
+        }
+        Ok(())
+    }
+
+    /// A session ended: its rooms are left (memberships kept) in a task of the hub's.
+    pub(super) fn disconnect(self: &Arc<Self>, conn: ConnId, who: &Who, rooms: &[String]) {
+        let (me, uid, name, rooms) = (self.clone(), who.uid.to_string(), who.name.to_string(), rooms.to_vec());
+        self.tasks.spawn(async move {
+            let who = Who { uid: &uid, name: &name };
+            for r in &rooms {
+                match me.remove(conn, &who, r, false).await {
+                    Ok(()) | Err(HubError::NotInRoom) => {}
+                    Err(e) => tracing::error!("disconnect from room {r}: {e:?}"),
+                }
+            }
+        });
+    }
+}
+
+impl From<redis::RedisError> for HubError {
+    fn from(e: redis::RedisError) -> Self {
+        HubError::Unavailable(e.into())
+    }
+}

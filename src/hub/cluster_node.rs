@@ -1,0 +1,221 @@
+//! A Redis hub's life as a node: built with its broker, kept live by a heartbeat, sweeping the
+//! nodes that died (their users' `logout`s), writing its presence again after it was given up,
+//! and leaving cleanly at shutdown.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::cluster::Cluster;
+use super::{Engine, Hub};
+use crate::broker::redis::{RedisBroker, RedisBrokerConfig};
+use crate::broker::Subscribers;
+use crate::config::RedisTarget;
+use crate::metrics::Metrics;
+use crate::protocol::{self, LogoutOut};
+use crate::store::redis_store::{Membership, RedisConfig, RedisStore, HEARTBEAT_EVERY};
+use crate::store::Bounds;
+use crate::sync::LockExt;
+
+/// How long a clean shutdown waits for the last Redis writes (disconnects, `logout`s).
+const SETTLE: Duration = Duration::from_secs(5);
+
+impl Hub {
+    /// `natter serve --redis`: connects to Redis as a new node (a fresh random node id per
+    /// process), checks what an ack will mean there, and builds the hub on it.
+    pub async fn on_redis(
+        target: &RedisTarget,
+        bounds: Bounds,
+        metrics: Arc<Metrics>,
+        max_per_uid: usize,
+        max_rooms_per_uid: usize,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Arc<Hub>> {
+        let node = node_id();
+        let mut cfg = RedisConfig::new(&target.url, &node, bounds);
+        cfg.prefix = target.prefix.clone();
+        let store = RedisStore::connect(cfg).await.map_err(|e| {
+            // The URL may hold a password: the error names the server only.
+            anyhow::anyhow!("--redis: cannot use Redis at {}: {}", server_of(&target.url), root_cause(&e))
+        })?;
+        match store.acks_are_durable().await {
+            Ok(true) => tracing::info!(node, "redis: appendfsync always: an ack means the message survives a Redis crash"),
+            Ok(false) => tracing::warn!(
+                node,
+                "redis: AOF is not on with appendfsync always: acked messages can be lost if Redis crashes (README, \"More than one machine\")"
+            ),
+            Err(e) => tracing::warn!(node, "redis: CONFIG GET refused ({e:#}): cannot tell whether acks are durable"),
+        }
+        tracing::info!(node, prefix = %target.prefix, "redis: this process is node {node}");
+        Hub::clustered(
+            Arc::new(store),
+            RedisBrokerConfig::new(&target.url),
+            metrics,
+            max_per_uid,
+            max_rooms_per_uid,
+            shutdown,
+        )
+    }
+
+    /// A hub on Redis: `store` is connected (this node announced live), the broker is started
+    /// here and stops with `shutdown`. Call `run_node` for the heartbeat and `leave_node` at
+    /// the end.
+    pub(crate) fn clustered(
+        store: Arc<RedisStore>,
+        broker_cfg: RedisBrokerConfig,
+        metrics: Arc<Metrics>,
+        max_per_uid: usize,
+        max_rooms_per_uid: usize,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Arc<Hub>> {
+        let subs = Arc::new(Subscribers::new(metrics.clone()));
+        let broker = RedisBroker::start(store.clone(), broker_cfg, subs.clone(), shutdown)?;
+        let cluster =
+            Cluster::new(store, broker.clone(), subs.clone(), metrics.clone(), max_per_uid, max_rooms_per_uid);
+        Ok(Hub::build(Engine::Redis(Arc::new(cluster)), broker, subs, metrics, max_per_uid, max_rooms_per_uid))
+    }
+
+    /// Until `shutdown`: the node's heartbeat and the sweep of dead nodes (a Redis hub only).
+    pub async fn run_node(self: Arc<Self>, shutdown: CancellationToken) {
+        if let Engine::Redis(c) = &self.engine {
+            c.clone().run_node(shutdown).await
+        }
+    }
+
+    /// A clean shutdown, once the sessions have ended: waits for their last Redis writes, then
+    /// takes this node's presence out of Redis at once (its users' `logout`s are sent) rather
+    /// than at its deadline. A no-op on one node.
+    pub async fn leave_node(&self) {
+        if let Engine::Redis(c) = &self.engine {
+            c.leave_node().await
+        }
+    }
+}
+
+impl Cluster {
+    async fn run_node(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+        let mut down = false;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            match self.store.heartbeat().await {
+                Ok(live) => {
+                    if down {
+                        tracing::info!(node = %self.store.node, "redis: heartbeat works again");
+                        down = false;
+                    }
+                    if !live {
+                        tracing::warn!(node = %self.store.node, "redis: this node had been given up (heartbeat late): writing its presence again");
+                        self.dirty.store(true, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => {
+                    if !down {
+                        tracing::warn!(node = %self.store.node, "redis: heartbeat failed (retried every {HEARTBEAT_EVERY:?}): {e:#}");
+                        down = true;
+                    }
+                    continue;
+                }
+            }
+            if self.dirty.swap(false, Ordering::Relaxed) && !self.reannounce().await {
+                self.dirty.store(true, Ordering::Relaxed);
+            }
+            match self.store.sweep_dead_nodes().await {
+                Ok(gone) => self.announce_gone(gone).await,
+                Err(e) => tracing::warn!("redis: sweeping dead nodes failed: {e:#}"),
+            }
+        }
+    }
+
+    /// Writes this node's presence in every room it has open again (after it was given up, or
+    /// after a presence write failed); false when a write failed (tried again at the next beat).
+    async fn reannounce(&self) -> bool {
+        let rooms: Vec<(String, Arc<super::cluster::Room>)> =
+            self.rooms.locked().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut ok = true;
+        for (id, room) in rooms {
+            let here = room.here.lock().await;
+            if here.evicted {
+                continue;
+            }
+            for (uid, n) in &here.uids {
+                if let Err(e) = self.store.set_presence(&id, uid, *n, Membership::Keep).await {
+                    tracing::warn!("redis: writing presence of room {id} again failed: {e:#}");
+                    ok = false;
+                }
+            }
+        }
+        // The per-uid connection counts of this node, as its sessions hold them.
+        let counts: HashMap<String, u32> = self.conn_counts.locked().clone();
+        for (uid, n) in counts {
+            if let Err(e) = self.store.set_conns(&uid, n).await {
+                tracing::warn!("redis: writing the connection count of {uid} again failed: {e:#}");
+                ok = false;
+            }
+        }
+        ok
+    }
+
+    /// The `logout`s of uids a sweep found gone from a room (their node died). Their display
+    /// names went with the node: the `logout` names them by uid (docs/protocol.md).
+    async fn announce_gone(&self, gone: Vec<(String, String)>) {
+        for (room, uid) in gone {
+            let (num, total) = match self.counts(&room).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("room {room}: logout of {uid} (node gone) not sent: {e:#}");
+                    continue;
+                }
+            };
+            let json =
+                protocol::logout(&LogoutOut { event: "logout", roomid: &room, uid: &uid, name: &uid, num, total });
+            self.announce(&room, json, None);
+        }
+    }
+
+    async fn leave_node(&self) {
+        self.tasks.close();
+        if tokio::time::timeout(SETTLE, self.tasks.wait()).await.is_err() {
+            tracing::warn!("redis: disconnect writes still pending at shutdown (presence goes at the node's deadline)");
+        }
+        match self.store.clear_node().await {
+            Ok(gone) => self.announce_gone(gone).await,
+            Err(e) => tracing::warn!("redis: removing this node's presence failed (it goes at its deadline): {e:#}"),
+        }
+        if tokio::time::timeout(SETTLE, self.broker.presence_sent()).await.is_err() {
+            tracing::warn!("redis: logouts still unsent at shutdown");
+        }
+    }
+}
+
+/// Per uid, this node's connections counted in Redis (what `reannounce` writes back).
+pub(super) type ConnCounts = Mutex<HashMap<String, u32>>;
+
+/// A node id no other process has: the host name, the pid and a random part (a process that
+/// restarts with the same pid is still a new node).
+fn node_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(32).collect();
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    let host = if host.is_empty() { "node".to_string() } else { host };
+    format!("{host}-{}-{:08x}", std::process::id(), h.finish() as u32)
+}
+
+/// `host:port` of a Redis URL (no user or password).
+fn server_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    authority.rsplit_once('@').map_or(authority, |(_, h)| h).to_string()
+}
+
+fn root_cause(e: &anyhow::Error) -> String {
+    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+}
