@@ -11,9 +11,14 @@ const QUIET: Duration = Duration::from_millis(800);
 
 /// `n` nodes on `redis`, each with its own (unused) data dir.
 async fn nodes(redis: &TestRedis, n: usize) -> Vec<Server> {
+    nodes_with(redis, n, ServerOpts::new()).await
+}
+
+/// `n` nodes on `redis` started with `opts` (plus `--redis`).
+async fn nodes_with(redis: &TestRedis, n: usize, opts: ServerOpts) -> Vec<Server> {
     let mut out = Vec::new();
     for _ in 0..n {
-        out.push(Server::start(ServerOpts::new().arg("--redis", redis.url())).await);
+        out.push(Server::start(opts.clone().arg("--redis", redis.url())).await);
     }
     out
 }
@@ -157,11 +162,7 @@ async fn a_cid_resent_to_another_node_is_not_published_twice() {
 #[tokio::test]
 async fn the_connection_limit_per_uid_holds_across_nodes() {
     let redis = TestRedis::start();
-    let mut n = Vec::new();
-    for _ in 0..2 {
-        let opts = ServerOpts::new().arg("--redis", redis.url()).arg("--max-connections-per-uid", 1);
-        n.push(Server::start(opts).await);
-    }
+    let n = nodes_with(&redis, 2, ServerOpts::new().arg("--max-connections-per-uid", 1)).await;
     let mut first = Client::connect_as(&n[0], "u1", None).await;
     first.login("r1").await;
     let mut second = Client::connect_as(&n[1], "u1", None).await;
@@ -299,4 +300,73 @@ async fn while_redis_is_down_publishes_are_unavailable_and_everything_resumes() 
     let id = publish_until_acked(&mut a, "r1", "lost?", "c-down", Duration::from_secs(30)).await;
     assert_eq!(messages(&mut b, 1).await, [(id, "lost?".to_string())]);
     b.expect_no_event("message", QUIET).await;
+}
+
+#[tokio::test]
+async fn a_node_stopped_cleanly_sends_its_users_logouts_at_once() {
+    let redis = TestRedis::start();
+    let mut n = nodes(&redis, 2).await;
+    let mut a = Client::connect_as(&n[0], "u1", None).await;
+    a.login("r1").await;
+    let mut b = Client::connect_as(&n[1], "u2", Some("Bob")).await;
+    b.login("r1").await;
+    a.recv_event("login").await;
+    n[1].terminate();
+    let started = std::time::Instant::now();
+    let lo = a.recv_event("logout").await; // within the client's 10 s, not the node TTL + sweep
+    assert_logout(&lo, "r1", "u2", "Bob", 1, 2);
+    assert!(n[1].wait_exit(Duration::from_secs(10)).await.success());
+    // Not at the node's deadline (15 s): the shutdown took its presence out itself.
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    a.say("r1", "still here").await;
+    assert_eq!(a.recv_event("message").await["num"], 1);
+}
+
+#[tokio::test]
+async fn a_join_during_a_stream_from_another_node_misses_and_doubles_nothing() {
+    let redis = TestRedis::start();
+    let burst = ServerOpts::new().arg("--rate-per-sec", 100_000).arg("--rate-burst", 100_000);
+    let n = nodes_with(&redis, 2, burst).await;
+    let mut a = Client::connect_as(&n[0], "u1", None).await;
+    a.login("r1").await;
+    const TOTAL: usize = 300;
+    let sender = tokio::spawn(async move {
+        for i in 0..TOTAL {
+            a.say_cid("r1", &format!("m{i}"), &format!("c{i}")).await;
+            if i % 20 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        // Every ack, so that the last id is known.
+        let mut last = 0;
+        let mut acks = 0;
+        while acks < TOTAL {
+            let v = a.recv_json().await;
+            if v["event"] == "ack" {
+                acks += 1;
+                last = last.max(v["id"].as_u64().unwrap());
+            }
+        }
+        last
+    });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let mut joins = Vec::new();
+    for k in 0..3 {
+        let mut b = Client::connect_as(&n[1], &format!("u{}", k + 2), None).await;
+        b.login_since("r1", 0).await;
+        joins.push(b);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let last = sender.await.unwrap();
+    for mut b in joins {
+        let mut ids = Vec::new();
+        while ids.last() != Some(&last) {
+            let v = b.recv_json().await;
+            if v["event"] == "message" {
+                ids.push(v["id"].as_u64().unwrap());
+            }
+        }
+        let want: Vec<u64> = (1..=last).collect();
+        assert_eq!(ids, want, "every message once, in order");
+    }
 }
