@@ -370,3 +370,45 @@ async fn a_join_during_a_stream_from_another_node_misses_and_doubles_nothing() {
         assert_eq!(ids, want, "every message once, in order");
     }
 }
+
+#[tokio::test]
+async fn rediss_is_verified_against_the_trusted_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = generate_tls(dir.path());
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (port, cert, key, ca) = (
+        tls_port.to_string(),
+        tls.cert_path.to_str().unwrap().to_string(),
+        tls.key_path.to_str().unwrap().to_string(),
+        tls.ca_path.to_str().unwrap().to_string(),
+    );
+    // The plain port stays for the helper's readiness check; the nodes use the TLS one.
+    let redis = TestRedis::start_with(&[
+        "--appendonly",
+        "no",
+        "--tls-port",
+        &port,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let url = format!("rediss://localhost:{tls_port}/0");
+    // Without the CA the certificate is not trusted: a startup error naming the flag.
+    let (status, _, err) = run_serve(dir.path(), &["--redis", &url]);
+    assert!(!status.success());
+    assert!(err.contains("--redis: cannot use Redis at localhost:"), "{err}");
+    let opts = ServerOpts::new().arg("--redis", &url).env("SSL_CERT_FILE", &ca);
+    let n = [Server::start(opts.clone()).await, Server::start(opts).await];
+    let mut a = Client::connect_as(&n[0], "u1", None).await;
+    a.login("r1").await;
+    let mut b = Client::connect_as(&n[1], "u2", None).await;
+    b.login("r1").await;
+    a.say("r1", "over tls").await;
+    assert_eq!(b.recv_event("message").await["message"], "over tls");
+    drop(redis);
+}

@@ -11,7 +11,8 @@ use crate::config::RedisTarget;
 #[derive(Args, Debug, Default)]
 pub struct RedisArgs {
     /// Scale out: keep the store in this Redis instead of `--data`
-    /// (`redis://[[USER]:PASSWORD@]HOST:PORT/DB`). Every node given the same URL and prefix
+    /// (`redis://[[USER]:PASSWORD@]HOST:PORT/DB`, or `rediss://` for TLS, verified against the
+    /// system's roots or the CA file in `SSL_CERT_FILE`). Every node given the same URL and prefix
     /// serves the same rooms (README, "More than one machine").
     #[arg(long, env = "NATTER_REDIS", value_name = "URL", hide_env_values = true)]
     pub redis: Option<String>,
@@ -45,8 +46,8 @@ impl RedisArgs {
         // The URL may hold a password: errors never repeat it.
         let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
             .map_err(|e| anyhow::anyhow!("--redis: not a usable Redis URL ({:?})", e.kind()))?;
-        if !matches!(info.addr(), redis::ConnectionAddr::Tcp(..) | redis::ConnectionAddr::Unix(_)) {
-            bail!("--redis: rediss:// (TLS) is not supported by this build: use redis:// on a private network or a TLS tunnel");
+        if let redis::ConnectionAddr::TcpTls { insecure: true, .. } = info.addr() {
+            bail!("--redis: rediss://...#insecure turns certificate checks off: give Redis a certificate the system trusts (or SSL_CERT_FILE)");
         }
         Ok(Some(RedisTarget { url, prefix: self.redis_prefix.clone() }))
     }

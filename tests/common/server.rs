@@ -29,6 +29,8 @@ pub struct ServerOpts {
     /// `--public-rooms`: `*` by default, so that the tests written before room permissions
     /// (tokens without a rooms claim) run unchanged; None leaves the flag out (no public rooms).
     pub public_rooms: Option<String>,
+    /// Extra environment variables of the server process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ServerOpts {
@@ -41,6 +43,7 @@ impl Default for ServerOpts {
             port: None,
             nofile: None,
             public_rooms: Some("*".into()),
+            env: vec![],
         }
     }
 }
@@ -71,6 +74,11 @@ impl ServerOpts {
     }
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
+        self
+    }
+    /// One more environment variable for the server process.
+    pub fn env(mut self, key: &str, value: impl ToString) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
         self
     }
     /// Start the server with this open-file limit (soft, hard).
@@ -150,6 +158,7 @@ impl Server {
             cmd.arg("--public-rooms").arg(p);
         }
         cmd.args(&self.opts.args);
+        cmd.envs(self.opts.env.iter().map(|(k, v)| (k, v)));
         if let Some((soft, hard)) = self.opts.nofile {
             use std::os::unix::process::CommandExt;
             let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
