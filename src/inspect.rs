@@ -1,6 +1,10 @@
 //! `natter keys` and `natter get`: the store's contents by the logical key names of the key
 //! scheme, printed the way redis-cli prints them.
 
+mod redis;
+
+pub use redis::{get_redis, keys_redis};
+
 use std::collections::BTreeSet;
 use std::fmt::Write;
 

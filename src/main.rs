@@ -38,12 +38,16 @@ fn main() {
         }
         Command::Check(args) => natter::check::run(&args).map(|ok| println!("{ok}")),
         Command::Token(t) => t.mint().map(|tok| println!("{tok}")),
-        Command::Keys(k) => open_for_inspection(&k.data)
-            .and_then(|s| natter::inspect::keys(&s, &k.pattern))
-            .map(|names| print!("{}", natter::inspect::format_keys(&names))),
-        Command::Get(g) => {
-            open_for_inspection(&g.data).and_then(|s| natter::inspect::get(&s, &g.key)).map(|v| print!("{v}"))
+        Command::Keys(k) => match &k.redis.redis {
+            Some(url) => natter::inspect::keys_redis(url, &k.redis.redis_prefix, &k.pattern),
+            None => open_for_inspection(&k.data).and_then(|s| natter::inspect::keys(&s, &k.pattern)),
         }
+        .map(|names| print!("{}", natter::inspect::format_keys(&names))),
+        Command::Get(g) => match &g.redis.redis {
+            Some(url) => natter::inspect::get_redis(url, &g.redis.redis_prefix, &g.key),
+            None => open_for_inspection(&g.data).and_then(|s| natter::inspect::get(&s, &g.key)),
+        }
+        .map(|v| print!("{v}")),
         Command::Dump(d) => dump(&d),
         Command::Restore(r) => restore(&r),
         Command::Bench(b) => natter::bench::run(*b),

@@ -412,3 +412,42 @@ async fn rediss_is_verified_against_the_trusted_ca() {
     assert_eq!(b.recv_event("message").await["message"], "over tls");
     drop(redis);
 }
+
+#[tokio::test]
+async fn keys_and_get_read_a_redis_deployment_by_logical_names() {
+    let redis = TestRedis::start();
+    let n = nodes(&redis, 1).await;
+    let mut a = Client::connect_as(&n[0], "u1", None).await;
+    a.login("r1").await;
+    let mut b = Client::connect_as(&n[0], "u2", None).await;
+    b.login("r1").await;
+    b.close().await;
+    a.recv_event("logout").await;
+    a.say_cid("r1", "hi", "c-1").await;
+    a.recv_event("ack").await;
+    let url = redis.url();
+    let (ok, out, err) = run_natter(&["keys", "--redis", &url]);
+    assert!(ok.success(), "{err}");
+    let want = [
+        "dedupe:u1:c-1",
+        "offline:u2",
+        "room:r1:history",
+        "room:r1:members",
+        "room:r1:online",
+        "room:r1:seq",
+        "user:u1:rooms",
+        "user:u2:rooms",
+    ];
+    let listed: String = want.iter().enumerate().map(|(i, k)| format!("{}) \"{k}\"\n", i + 1)).collect();
+    assert_eq!(out, listed);
+    let get = |key: &str| run_natter(&["get", key, "--redis", &url]).1;
+    assert_eq!(get("room:r1:members"), "1) \"u1\"\n2) \"u2\"\n");
+    assert_eq!(get("room:r1:online"), "1) \"u1\"\n2) \"1\"\n");
+    assert_eq!(get("room:r1:seq"), "\"1\"\n");
+    assert_eq!(get("dedupe:u1:c-1"), "\"1\"\n");
+    let queued = get("offline:u2");
+    // As redis-cli (and `get` on a sled store) prints it: each entry a quoted string.
+    assert!(queued.starts_with(r#"1) "{\"roomid\":\"r1\",\"msg\":{\"event\":\"message\",\"id\":1,"#), "{queued}");
+    assert_eq!(get("room:nope:members"), "(empty array)\n");
+    assert_eq!(get("nope"), "(nil)\n");
+}

@@ -12,6 +12,8 @@ pub struct KeysArgs {
     pub pattern: String,
     #[arg(long, env = "NATTER_DATA", default_value = "./natter-data")]
     pub data: PathBuf,
+    #[command(flatten)]
+    pub redis: ReadRedis,
 }
 
 #[derive(Args, Debug)]
@@ -20,6 +22,19 @@ pub struct GetArgs {
     pub key: String,
     #[arg(long, env = "NATTER_DATA", default_value = "./natter-data")]
     pub data: PathBuf,
+    #[command(flatten)]
+    pub redis: ReadRedis,
+}
+
+/// `keys` and `get` on a Redis deployment instead of `--data` (read only: the nodes may run).
+#[derive(Args, Debug)]
+pub struct ReadRedis {
+    /// Read this Redis deployment (`redis://[:PASSWORD@]HOST:PORT/DB`) instead of `--data`.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+    /// The key prefix in Redis (with `--redis`).
+    #[arg(long, default_value = "natter:", requires = "redis")]
+    pub redis_prefix: String,
 }
 
 #[derive(Args, Debug)]

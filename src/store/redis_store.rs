@@ -42,6 +42,8 @@ pub(crate) use broker_support::BrokerScripts;
 pub(crate) use presence_room::{Membership, RoomCounts};
 #[cfg_attr(not(test), allow(unused_imports))]
 pub(crate) use publish::{decode_payload, Outcome, Publish, Published, Template};
+pub(crate) use queue::parse_entry;
+pub(crate) use scripts::Scripts;
 
 /// The key prefix when none is configured.
 pub(crate) const DEFAULT_PREFIX: &str = "natter:";
