@@ -3,7 +3,9 @@
 //! not wired into `natter serve` yet (issue 11), so the hub still uses the `Store` trait.
 //!
 //! Submodules: `publish` (the publish script, its template and channel payload), `presence`
-//! (per-node presence with expiry), `queue` (offline queues), `scripts` (the Lua), tests.
+//! (per-node presence with expiry, a node's announcement), `conns` (the per-uid connection
+//! limit), `queue` (offline queues), `scripts` (the Lua), `load`/`export` (restore and dump),
+//! tests.
 // Nothing outside the tests calls it until the hub's async store interface lands (the tests
 // do not use every piece either, e.g. `HEARTBEAT_EVERY` is for the node's timer).
 #![allow(dead_code)]
@@ -150,6 +152,11 @@ impl Keys {
     pub(crate) fn node_rooms(&self, node: &str) -> String {
         format!("{}node:{{{node}}}:rooms", self.prefix)
     }
+    /// The uids node N counts connections of, with how many (what a sweep visits in
+    /// `user:{U}:conns`). `node` is already escaped.
+    pub(crate) fn node_uids(&self, node: &str) -> String {
+        format!("{}node:{{{node}}}:uids", self.prefix)
+    }
     /// The room's pub/sub channel: one per room, so a node subscribes to the rooms it serves.
     pub(crate) fn channel(&self, room: &str) -> String {
         format!("{}chan:{{{}}}", self.prefix, esc(room))
@@ -166,13 +173,18 @@ pub(crate) struct RedisStore {
     /// Reconnects by itself; cloned per call (an `Arc` inside).
     pub(crate) conn: ConnectionManager,
     pub(crate) scripts: scripts::Scripts,
+    /// What `connect` took offline when it cleared a dead predecessor's presence, until
+    /// `take_leftover_offline`.
+    leftovers: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 impl RedisStore {
     /// Connects (failing when Redis cannot be reached now) and announces this node live. A
     /// node id that is live already is refused (two processes writing one node's presence
-    /// would undo each other's); what a dead process with this id left is cleared first, so
-    /// that the new process does not bring its stale presence back to life.
+    /// would undo each other's); what a dead process with this id left (presence, connection
+    /// counts) is cleared first, so that the new process does not bring it back to life. One
+    /// script does all three; the `(room, uid)` pairs the clearing took offline wait in
+    /// `take_leftover_offline` for the caller's `logout`s.
     pub(crate) async fn connect(cfg: RedisConfig) -> Result<Self> {
         let client = redis::Client::open(cfg.url.as_str()).context("redis url")?;
         let mcfg = ConnectionManagerConfig::new()
@@ -190,12 +202,9 @@ impl RedisStore {
             node_ttl: cfg.node_ttl,
             conn,
             scripts: scripts::Scripts::new(),
+            leftovers: Default::default(),
         };
-        let live: i64 =
-            store.scripts.is_live.key(store.keys.nodes()).arg(&store.node).invoke_async(&mut store.conn()).await?;
-        anyhow::ensure!(live == 0, "node id {:?} is in use by a live natter node", cfg.node_id);
-        store.clear_leftovers().await?;
-        store.heartbeat().await?;
+        anyhow::ensure!(store.announce().await?, "node id {:?} is in use by a live natter node", cfg.node_id);
         Ok(store)
     }
 
