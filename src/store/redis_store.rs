@@ -119,6 +119,11 @@ impl Keys {
     pub(crate) fn history(&self, room: &str) -> String {
         self.room(room, "history")
     }
+    /// The id of the message stored last (the next one's `prev`): the history cannot say it
+    /// when it keeps nothing (`history_max` 0), and the counter is above it after a restore.
+    pub(crate) fn last(&self, room: &str) -> String {
+        self.room(room, "last")
+    }
     pub(crate) fn user_rooms(&self, uid: &str) -> String {
         format!("{}user:{{{}}}:rooms", self.prefix, esc(uid))
     }
