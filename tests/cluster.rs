@@ -451,3 +451,40 @@ async fn keys_and_get_read_a_redis_deployment_by_logical_names() {
     assert_eq!(get("room:nope:members"), "(empty array)\n");
     assert_eq!(get("nope"), "(nil)\n");
 }
+
+#[tokio::test]
+async fn a_node_frozen_past_its_deadline_is_given_up_then_comes_back_by_itself() {
+    let redis = TestRedis::start();
+    let n = nodes(&redis, 2).await;
+    let mut a = Client::connect_as(&n[0], "u1", None).await;
+    a.login("r1").await;
+    let mut b = Client::connect_as(&n[1], "u2", Some("Bob")).await;
+    b.login("r1").await;
+    a.recv_event("login").await;
+    // SIGSTOP: no heartbeat, but its connections stay open (the kernel keeps the sockets).
+    let pid = n[1].pid() as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let lo = loop {
+        let v = a.recv_json_within(Duration::from_secs(30)).await;
+        if v["event"] == "logout" {
+            break v;
+        }
+    };
+    assert_eq!((lo["uid"].as_str(), lo["num"].as_u64()), (Some("u2"), Some(1)), "{lo}");
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    // Within a heartbeat or two it notices, writes its presence again and says so.
+    let back = loop {
+        let v = a.recv_json_within(Duration::from_secs(15)).await;
+        if v["event"] == "login" {
+            break v;
+        }
+    };
+    assert_login(&back, "r1", "u2", "Bob", 2, 2);
+    // u2 is online again: a message reaches it live, not through its queue.
+    a.say("r1", "welcome back").await;
+    let m = b.recv_event("message").await;
+    assert_eq!((m["message"].as_str(), m.get("offline")), (Some("welcome back"), None), "{m}");
+    let mut again = Client::connect_as(&n[0], "u2", Some("Bob")).await;
+    again.login("r1").await;
+    again.expect_no_event("message", QUIET).await;
+}

@@ -179,7 +179,7 @@ pub(crate) fn elements(l: &Line) -> Result<Vec<Element<'_>>> {
     if let Some(room) = mid("room:", ":members") {
         want("set")?;
         only(l, key, &["members"])?;
-        let room = component(room, key)?;
+        let room = room_id(room, key)?;
         for uid in members(l, key)? {
             out.push(Element::Member { room, uid: component(uid, key)? });
         }
@@ -188,12 +188,12 @@ pub(crate) fn elements(l: &Line) -> Result<Vec<Element<'_>>> {
         only(l, key, &["members"])?;
         let uid = component(uid, key)?;
         for room in members(l, key)? {
-            out.push(Element::UserRoom { uid, room: component(room, key)? });
+            out.push(Element::UserRoom { uid, room: room_id(room, key)? });
         }
     } else if let Some(room) = mid("room:", ":seq") {
         want("counter")?;
         only(l, key, &["value", "stored", "reserved"])?;
-        let room = component(room, key)?;
+        let room = room_id(room, key)?;
         let last = match (l.value, l.stored) {
             (Some(id), Some(pos)) => Some((id, pos)),
             (None, None) if l.reserved.is_some() => None,
@@ -204,11 +204,11 @@ pub(crate) fn elements(l: &Line) -> Result<Vec<Element<'_>>> {
         want("list")?;
         only(l, key, &["pos", "id", "prev", "msg", "msg_text"])?;
         let (pos, id, prev) = (need(l.pos, "pos")?, need(l.id, "id")?, need(l.prev, "prev")?);
-        out.push(Element::History { room: component(room, key)?, pos, id, prev, json: msg(l, key)? });
+        out.push(Element::History { room: room_id(room, key)?, pos, id, prev, json: msg(l, key)? });
     } else if let Some(uid) = key.strip_prefix("offline:") {
         want("list")?;
         only(l, key, &["n", "ts", "id", "prev", "roomid", "msg", "msg_text"])?;
-        let room = l.roomid.as_deref().with_context(|| format!("{key}: no `roomid`"))?;
+        let room = room_id(l.roomid.as_deref().with_context(|| format!("{key}: no `roomid`"))?, key)?;
         let (n, ts, id, prev) = (need(l.n, "n")?, need(l.ts, "ts")?, need(l.id, "id")?, need(l.prev, "prev")?);
         out.push(Element::Queue { uid: component(uid, key)?, n, ts, id, prev, room, json: msg(l, key)? });
     } else if key.starts_with("dedupe:") {
@@ -218,7 +218,7 @@ pub(crate) fn elements(l: &Line) -> Result<Vec<Element<'_>>> {
         if key != format!("dedupe:{uid}:{cid}") {
             bail!("{key}: `uid` {uid:?} and `cid` {cid:?} do not name this key");
         }
-        let room = l.roomid.as_deref().with_context(|| format!("{key}: no `roomid`"))?;
+        let room = room_id(l.roomid.as_deref().with_context(|| format!("{key}: no `roomid`"))?, key)?;
         let (ts, id) = (need(l.ts, "ts")?, need(l.value, "value")?);
         out.push(Element::Dedupe { uid: component(uid, key)?, cid: component(cid, key)?, ts, id, room });
     } else {
@@ -259,10 +259,19 @@ fn members<'a>(l: &'a Line, key: &str) -> Result<&'a [String]> {
     l.members.as_deref().with_context(|| format!("{key}: no `members`"))
 }
 
-/// A uid, room or cid: non-empty and short enough for a key component.
+/// A uid or cid: non-empty and short enough for a key component.
 fn component<'a>(s: &'a str, key: &str) -> Result<&'a str> {
     if s.is_empty() || s.len() > 1024 {
         bail!("{key}: a uid, room or cid of {} bytes (1 to 1024)", s.len());
+    }
+    Ok(s)
+}
+
+/// A room id as every natter accepts it (`protocol::valid_room`): no store holds another, and
+/// the dump's key names and the Redis keys read as PROTOCOL.md's only for these.
+fn room_id<'a>(s: &'a str, key: &str) -> Result<&'a str> {
+    if !crate::protocol::valid_room(s) {
+        bail!("{key}: {s:?} is not a valid room id (1 to 64 bytes of letters, digits, `-`, `_` and `.`)");
     }
     Ok(s)
 }

@@ -180,3 +180,79 @@ fn a_redis_deployment_dumps_back_into_sled_answering_the_same() {
     let empty = String::from_utf8(from_redis("nothing:")).unwrap();
     assert!(empty.ends_with("{\"natter_dump_end\":true,\"lines\":0}\n"), "{empty}");
 }
+
+/// A deployment that keeps no history (`history_max` 0): the last stored id still goes into
+/// the dump (not only as a reservation), and the restored Redis chains the next message to it.
+#[test]
+fn the_last_stored_id_survives_a_dump_without_history() {
+    let r = TestRedis::start();
+    let b = crate::store::Bounds { history_max: 0, ..B };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let say = |s: &RedisStore| {
+        let t = Template::message(&crate::protocol::MessageOut {
+            event: "message",
+            id: 0,
+            roomid: "r1",
+            uid: "u1",
+            name: "u1",
+            message: "x",
+            num: 0,
+            total: 0,
+            ts: NOW,
+            cid: None,
+        });
+        rt.block_on(async {
+            match s.publish(&Publish { room: "r1", uid: "u1", cid: None, template: &t, now_ms: NOW }).await.unwrap() {
+                Outcome::Published(p) => (p.id, p.prev),
+                other => panic!("{other:?}"),
+            }
+        })
+    };
+    let store = rt.block_on(RedisStore::connect(RedisConfig::new(&r.url(), "n1", b))).unwrap();
+    for _ in 0..3 {
+        say(&store);
+    }
+    let mut dump = Vec::new();
+    super::dump_redis(&r.url(), "natter:", &mut dump, "test").unwrap();
+    let text = String::from_utf8(dump.clone()).unwrap();
+    assert!(text.contains(r#"{"key":"room:r1:seq","type":"counter","value":3,"stored":0}"#), "{text}");
+    restore_redis_at(&r.url(), "copy:", b, &mut &dump[..], "--in test.jsonl", NOW).unwrap();
+    let mut cfg = RedisConfig::new(&r.url(), "n2", b);
+    cfg.prefix = "copy:".into();
+    let copy = rt.block_on(RedisStore::connect(cfg)).unwrap();
+    assert_eq!(say(&copy), (4, 3));
+    // And into sled: the counter is the last stored id, as a sled store without history has it.
+    let dir = tempfile::tempdir().unwrap();
+    let dst = SledStore::open(dir.path(), b).unwrap();
+    super::restore(&dst, dir.path(), &mut &dump[..], "--in test.jsonl").unwrap();
+    assert_eq!(dst.last_id("r1").unwrap(), 3);
+}
+
+/// A room id no natter accepts (in a key, a set or a queue entry's `roomid`) is refused with
+/// the line that holds it, by the sled and the Redis restore alike.
+#[test]
+fn a_bad_room_id_is_refused_naming_its_line() {
+    let r = TestRedis::start();
+    let head = format!("{{\"natter_dump\":1,\"natter\":\"{}\"}}", env!("CARGO_PKG_VERSION"));
+    let good = r#"{"key":"room:r1:members","type":"set","members":["u1"]}"#;
+    let long = "r".repeat(65);
+    let bad = [
+        r#"{"key":"room:no room:members","type":"set","members":["u1"]}"#.to_string(),
+        r#"{"key":"user:u1:rooms","type":"set","members":["r1","a{b}"]}"#.to_string(),
+        format!(r#"{{"key":"room:{long}:seq","type":"counter","value":1,"stored":1}}"#),
+        r#"{"key":"offline:u1","type":"list","n":0,"ts":1,"id":1,"prev":0,"roomid":"x:y","msg":{}}"#.to_string(),
+        r#"{"key":"dedupe:u1:c1","type":"string","uid":"u1","cid":"c1","ts":1,"value":1,"roomid":""}"#.to_string(),
+    ];
+    for (i, line) in bad.iter().enumerate() {
+        let dump = format!("{head}\n{good}\n{line}\n{{\"natter_dump_end\":true,\"lines\":2}}\n");
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let sled =
+            format!("{:#}", super::restore(&s, dir.path(), &mut dump.as_bytes(), "--in test.jsonl").unwrap_err());
+        let prefix = format!("p{i}:");
+        let redis = format!("{:#}", restore_into(&r, &prefix, dump.as_bytes()).unwrap_err());
+        for e in [sled, redis] {
+            assert!(e.contains("--in test.jsonl: line 3:") && e.contains("not a valid room id"), "{line}: {e}");
+        }
+    }
+}

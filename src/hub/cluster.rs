@@ -8,7 +8,7 @@
 //! counts it writes are absolute.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio_util::task::TaskTracker;
@@ -36,6 +36,9 @@ pub(super) struct Room {
 #[derive(Default)]
 pub(super) struct Here {
     pub(super) uids: HashMap<Arc<str>, u32>,
+    /// The display name each uid here joined with last (for the `login`s a node sends again
+    /// after other nodes had given it up and logged its users out).
+    pub(super) names: HashMap<Arc<str>, String>,
     /// Dropped from the map (its last connection left): a joiner that waited for `here`
     /// must look the room up again.
     pub(super) evicted: bool,
@@ -56,6 +59,9 @@ pub(crate) struct Cluster {
     max_rooms_per_uid: usize,
     /// A presence write failed: the heartbeat writes this node's presence again.
     pub(super) dirty: AtomicBool,
+    /// Moved by every presence write and claim, so that a `reannounce` can tell whether one
+    /// ran while it took its list.
+    pub(super) generation: AtomicU64,
     pub(super) conn_counts: ConnCounts,
 }
 
@@ -79,6 +85,7 @@ impl Cluster {
             max_per_uid,
             max_rooms_per_uid,
             dirty: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
             conn_counts: ConnCounts::default(),
         }
     }
@@ -140,6 +147,7 @@ impl Cluster {
     }
 
     pub(super) async fn claim(&self, uid: &str) -> Result<bool, HubError> {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         let claimed = self.store.claim_conn(uid, self.max_per_uid).await?;
         if claimed {
             *self.conn_counts.locked().entry(uid.to_string()).or_insert(0) += 1;
@@ -215,6 +223,7 @@ impl Cluster {
         // Even a repeated login writes (the same count): its `login` gets fresh counts.
         let n = here.uids.get(&uid).copied().unwrap_or(0) + u32::from(is_new);
         let m = if is_new { Membership::Add } else { Membership::Keep };
+        self.generation.fetch_add(1, Ordering::AcqRel);
         let RoomCounts { num, total, .. } = match self.store.set_presence(roomid, who.uid, n, m).await {
             Ok(counts) => counts,
             Err(e) => {
@@ -227,6 +236,7 @@ impl Cluster {
             }
         };
         here.uids.insert(uid.clone(), n);
+        here.names.insert(uid.clone(), who.name.to_string());
         let catch_up = self.read_catch_up(who.uid, roomid, since).await;
         let mut login = LoginOut {
             event: "login",
@@ -371,6 +381,7 @@ impl Cluster {
         };
         if left == 0 {
             here.uids.remove(&uid);
+            here.names.remove(&uid);
         }
         let done = self.after_remove(who, roomid, left, end_membership).await;
         let empty = {

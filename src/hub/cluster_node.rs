@@ -15,8 +15,8 @@ use crate::broker::redis::{RedisBroker, RedisBrokerConfig};
 use crate::broker::Subscribers;
 use crate::config::RedisTarget;
 use crate::metrics::Metrics;
-use crate::protocol::{self, LogoutOut};
-use crate::store::redis_store::{Membership, RedisConfig, RedisStore, HEARTBEAT_EVERY};
+use crate::protocol::{self, LoginOut, LogoutOut};
+use crate::store::redis_store::{RedisConfig, RedisStore, HEARTBEAT_EVERY};
 use crate::store::Bounds;
 use crate::sync::LockExt;
 
@@ -50,14 +50,19 @@ impl Hub {
             Err(e) => tracing::warn!(node, "redis: CONFIG GET refused ({e:#}): cannot tell whether acks are durable"),
         }
         tracing::info!(node, prefix = %target.prefix, "redis: this process is node {node}");
-        Hub::clustered(
+        let leftovers = store.take_leftover_offline();
+        let hub = Hub::clustered(
             Arc::new(store),
             RedisBrokerConfig::new(&target.url),
             metrics,
             max_per_uid,
             max_rooms_per_uid,
             shutdown,
-        )
+        )?;
+        if let Engine::Redis(c) = &hub.engine {
+            c.announce_gone(leftovers).await;
+        }
+        Ok(hub)
     }
 
     /// A hub on Redis: `store` is connected (this node announced live), the broker is started
@@ -99,6 +104,8 @@ impl Cluster {
     async fn run_node(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
         let mut down = false;
+        // Other nodes may have sent this node's users' `logout`s: they hear `login`s again.
+        let mut given_up = false;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -113,6 +120,7 @@ impl Cluster {
                     if !live {
                         tracing::warn!(node = %self.store.node, "redis: this node had been given up (heartbeat late): writing its presence again");
                         self.dirty.store(true, Ordering::Relaxed);
+                        given_up = true;
                     }
                 }
                 Err(e) => {
@@ -123,8 +131,12 @@ impl Cluster {
                     continue;
                 }
             }
-            if self.dirty.swap(false, Ordering::Relaxed) && !self.reannounce().await {
-                self.dirty.store(true, Ordering::Relaxed);
+            if self.dirty.swap(false, Ordering::Relaxed) {
+                if self.reannounce(given_up).await {
+                    given_up = false;
+                } else {
+                    self.dirty.store(true, Ordering::Relaxed);
+                }
             }
             match self.store.sweep_dead_nodes().await {
                 Ok(gone) => self.announce_gone(gone).await,
@@ -133,38 +145,77 @@ impl Cluster {
         }
     }
 
-    /// Writes this node's presence in every room it has open again (after it was given up, or
-    /// after a presence write failed); false when a write failed (tried again at the next beat).
-    async fn reannounce(&self) -> bool {
+    /// Writes this node's presence and connection counts again, exactly as it holds them,
+    /// in one script (after it was given up, or after a presence write failed); false when it
+    /// failed (tried again at the next beat). A presence write or a claim that ran while the
+    /// list was taken may have been overwritten: then it is done again at the next beat.
+    async fn reannounce(&self, given_up: bool) -> bool {
+        let generation = self.generation.load(Ordering::Acquire);
         let rooms: Vec<(String, Arc<super::cluster::Room>)> =
             self.rooms.locked().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let mut ok = true;
+        let mut presence: Vec<(String, Arc<str>, u32)> = Vec::new();
+        let mut names: Vec<(String, Arc<str>, String)> = Vec::new();
         for (id, room) in rooms {
             let here = room.here.lock().await;
-            if here.evicted {
-                continue;
+            if !here.evicted {
+                presence.extend(here.uids.iter().map(|(uid, n)| (id.clone(), uid.clone(), *n)));
+                names.extend(here.names.iter().map(|(uid, name)| (id.clone(), uid.clone(), name.clone())));
             }
-            for (uid, n) in &here.uids {
-                if let Err(e) = self.store.set_presence(&id, uid, *n, Membership::Keep).await {
-                    tracing::warn!("redis: writing presence of room {id} again failed: {e:#}");
-                    ok = false;
+        }
+        let counts: Vec<(String, u32)> = self.conn_counts.locked().iter().map(|(u, n)| (u.clone(), *n)).collect();
+        let p: Vec<(&str, &str, u32)> = presence.iter().map(|(r, u, n)| (r.as_str(), &**u, *n)).collect();
+        let c: Vec<(&str, u32)> = counts.iter().map(|(u, n)| (u.as_str(), *n)).collect();
+        match self.store.reannounce(&p, &c).await {
+            Ok(gone) => {
+                self.announce_gone(gone).await;
+                if given_up {
+                    self.announce_back(names).await;
                 }
+                if self.generation.load(Ordering::Acquire) != generation {
+                    self.dirty.store(true, Ordering::Relaxed);
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!("redis: writing this node's presence again failed: {e:#}");
+                false
             }
         }
-        // The per-uid connection counts of this node, as its sessions hold them.
-        let counts: HashMap<String, u32> = self.conn_counts.locked().clone();
-        for (uid, n) in counts {
-            if let Err(e) = self.store.set_conns(&uid, n).await {
-                tracing::warn!("redis: writing the connection count of {uid} again failed: {e:#}");
-                ok = false;
-            }
+    }
+
+    /// The `login`s of this node's users after other nodes had given it up (and so may have
+    /// sent their `logout`s): the rooms see them online again.
+    async fn announce_back(&self, names: Vec<(String, Arc<str>, String)>) {
+        let mut counts: HashMap<String, (usize, usize)> = HashMap::new();
+        for (room, uid, name) in names {
+            let (num, total) = match counts.get(&room) {
+                Some(c) => *c,
+                None => match self.counts(&room).await {
+                    Ok(c) => *counts.entry(room.clone()).or_insert(c),
+                    Err(e) => {
+                        tracing::warn!("room {room}: login of {uid} (node back) not sent: {e:#}");
+                        continue;
+                    }
+                },
+            };
+            let ts = crate::now_ms();
+            let json = protocol::login(&LoginOut {
+                event: "login",
+                roomid: &room,
+                uid: &uid,
+                name: &name,
+                num,
+                total,
+                ts,
+                recovered: None,
+            });
+            self.announce(&room, json, None);
         }
-        ok
     }
 
     /// The `logout`s of uids a sweep found gone from a room (their node died). Their display
     /// names went with the node: the `logout` names them by uid (docs/protocol.md).
-    async fn announce_gone(&self, gone: Vec<(String, String)>) {
+    pub(super) async fn announce_gone(&self, gone: Vec<(String, String)>) {
         for (room, uid) in gone {
             let (num, total) = match self.counts(&room).await {
                 Ok(c) => c,

@@ -3,9 +3,9 @@
 //! the hub's Redis engine (`hub::cluster`) calls it directly, not through the `Store` trait.
 //!
 //! Submodules: `publish` (the publish script, its template and channel payload), `presence`
-//! (per-node presence with expiry), `presence_room` (a join's or leave's presence change with
-//! the counts), `conns` (the per-uid connection limit), `queue` (offline queues), `scripts`
-//! (the Lua), `load`/`export` (restore and dump), tests.
+//! (per-node presence with expiry, a node's announcement), `presence_room` (a join's or leave's
+//! presence change with the counts), `conns` (the per-uid connection limit), `queue` (offline
+//! queues), `scripts` (the Lua), `load`/`export` (restore and dump), tests.
 // The whole logical-key API is kept (the model tests compare it with MemoryStore's answer by
 // answer); `serve` uses part of it.
 #![cfg_attr(not(test), allow(dead_code))]
@@ -123,6 +123,11 @@ impl Keys {
     pub(crate) fn history(&self, room: &str) -> String {
         self.room(room, "history")
     }
+    /// The id of the message stored last (the next one's `prev`): the history cannot say it
+    /// when it keeps nothing (`history_max` 0), and the counter is above it after a restore.
+    pub(crate) fn last(&self, room: &str) -> String {
+        self.room(room, "last")
+    }
     pub(crate) fn user_rooms(&self, uid: &str) -> String {
         format!("{}user:{{{}}}:rooms", self.prefix, esc(uid))
     }
@@ -156,6 +161,11 @@ impl Keys {
     pub(crate) fn node_rooms(&self, node: &str) -> String {
         format!("{}node:{{{node}}}:rooms", self.prefix)
     }
+    /// The uids node N counts connections of, with how many (what a sweep visits in
+    /// `user:{U}:conns`). `node` is already escaped.
+    pub(crate) fn node_uids(&self, node: &str) -> String {
+        format!("{}node:{{{node}}}:uids", self.prefix)
+    }
     /// The room's pub/sub channel: one per room, so a node subscribes to the rooms it serves.
     pub(crate) fn channel(&self, room: &str) -> String {
         format!("{}chan:{{{}}}", self.prefix, esc(room))
@@ -172,13 +182,18 @@ pub(crate) struct RedisStore {
     /// Reconnects by itself; cloned per call (an `Arc` inside).
     pub(crate) conn: ConnectionManager,
     pub(crate) scripts: scripts::Scripts,
+    /// What `connect` took offline when it cleared a dead predecessor's presence, until
+    /// `take_leftover_offline`.
+    leftovers: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 impl RedisStore {
     /// Connects (failing when Redis cannot be reached now) and announces this node live. A
     /// node id that is live already is refused (two processes writing one node's presence
-    /// would undo each other's); what a dead process with this id left is cleared first, so
-    /// that the new process does not bring its stale presence back to life.
+    /// would undo each other's); what a dead process with this id left (presence, connection
+    /// counts) is cleared first, so that the new process does not bring it back to life. One
+    /// script does all three; the `(room, uid)` pairs the clearing took offline wait in
+    /// `take_leftover_offline` for the caller's `logout`s.
     pub(crate) async fn connect(cfg: RedisConfig) -> Result<Self> {
         let client = redis::Client::open(cfg.url.as_str()).context("redis url")?;
         let mcfg = ConnectionManagerConfig::new()
@@ -196,12 +211,9 @@ impl RedisStore {
             node_ttl: cfg.node_ttl,
             conn,
             scripts: scripts::Scripts::new(),
+            leftovers: Default::default(),
         };
-        let live: i64 =
-            store.scripts.is_live.key(store.keys.nodes()).arg(&store.node).invoke_async(&mut store.conn()).await?;
-        anyhow::ensure!(live == 0, "node id {:?} is in use by a live natter node", cfg.node_id);
-        store.clear_leftovers().await?;
-        store.heartbeat().await?;
+        anyhow::ensure!(store.announce().await?, "node id {:?} is in use by a live natter node", cfg.node_id);
         Ok(store)
     }
 

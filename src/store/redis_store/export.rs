@@ -1,6 +1,8 @@
 //! Reading a Redis deployment's logical keys back out (`natter dump --redis`), as the
-//! engine-neutral elements that `natter restore` loads into any engine. Presence, the queues'
-//! bookkeeping, the dedupe age index and the node registry are left out: live state, or rebuilt.
+//! engine-neutral elements that `natter restore` loads into any engine. Presence, connection
+//! counts, the queues' bookkeeping, the dedupe age index and the node registry are left out:
+//! live state, or rebuilt. Keys that go while it reads (TTLs, a room deleted by hand) are left
+//! out too.
 
 use std::collections::BTreeSet;
 
@@ -54,7 +56,7 @@ fn named(name: &str) -> Option<Named> {
         return match rest {
             ":members" => Some(Named::Members(room)),
             ":seq" => Some(Named::Seq(room)),
-            // History goes with its room's seq; presence is live state.
+            // History and the last stored id go with their room's seq; presence is live state.
             _ => None,
         };
     }
@@ -128,8 +130,15 @@ impl Exporter {
 
     /// Hands every element of every logical key to `each`, key by key. Keys written while it
     /// runs may or may not be seen (stop the nodes first for a consistent dump).
-    pub(crate) async fn each(&mut self, mut each: impl FnMut(Element<'_>) -> Result<()>) -> Result<()> {
-        for n in self.names().await? {
+    pub(crate) async fn each(&mut self, each: impl FnMut(Element<'_>) -> Result<()>) -> Result<()> {
+        let names = self.names().await?;
+        self.each_of(names, each).await
+    }
+
+    /// The second half of `each`: the elements of the keys a scan named. A key gone since
+    /// (a TTL ran out, a room deleted by hand) is left out, not an error.
+    async fn each_of(&mut self, names: BTreeSet<Named>, mut each: impl FnMut(Element<'_>) -> Result<()>) -> Result<()> {
+        for n in names {
             let at = format!("{n:?}");
             match &n {
                 Named::Members(room) => {
@@ -149,7 +158,15 @@ impl Exporter {
                     }
                 }
                 Named::Seq(room) => {
-                    let seq: u64 = redis::cmd("GET").arg(self.keys.seq(room)).query_async(&mut self.conn).await?;
+                    let (seq, last_id): (Option<u64>, Option<u64>) = redis::pipe()
+                        .cmd("GET")
+                        .arg(self.keys.seq(room))
+                        .cmd("GET")
+                        .arg(self.keys.last(room))
+                        .query_async(&mut self.conn)
+                        .await?;
+                    // Gone since the scan (deleted by hand): the room is not in the dump.
+                    let Some(seq) = seq else { continue };
                     let history = self.list(&self.keys.history(room)).await?;
                     let mut last = None;
                     for (i, raw) in history.iter().enumerate() {
@@ -159,6 +176,11 @@ impl Exporter {
                         let pos = i as u64 + 1;
                         each(Element::History { room, pos, id, prev, json })?;
                         last = Some((id, pos));
+                    }
+                    // The last stored id has its own key (the history keeps nothing with
+                    // `history_max` 0); rooms written before it have it as the newest entry.
+                    if let Some(id) = last_id {
+                        last = Some((id, last.map_or(0, |(_, pos)| pos)));
                     }
                     let reserved = (last.is_none_or(|(id, _)| seq > id) && seq > 0).then_some(seq);
                     if last.is_some() || reserved.is_some() {
@@ -197,9 +219,54 @@ mod tests {
         assert_eq!(named(&k.user_rooms("u:{3}%")), Some(Named::UserRooms("u:{3}%".into())));
         assert_eq!(named(&k.dedupe("a:b", "c}d")), Some(Named::Dedupe("a:b".into(), "c}d".into())));
         assert_eq!(named(&k.offline("u")), Some(Named::Offline("u".into())));
-        for skipped in [k.offline_meta("u"), k.online("r"), k.history("r"), k.dedupe_ages("u"), k.nodes()] {
+        for skipped in [
+            k.offline_meta("u"),
+            k.online("r"),
+            k.history("r"),
+            k.last("r"),
+            k.dedupe_ages("u"),
+            k.nodes(),
+            k.node_rooms("n"),
+            k.node_uids("n"),
+            k.user_conns("u"),
+        ] {
             assert_eq!(named(&skipped), None, "{skipped}");
         }
         assert_eq!(unesc("%2"), None);
+    }
+
+    /// Keys that go between the scan and their read (a TTL ran out, a room was deleted by
+    /// hand) are left out of the dump: a room whose counter went is absent, history and all.
+    #[tokio::test]
+    async fn keys_gone_since_the_scan_are_left_out() {
+        use crate::store::redis_store::test_server::TestRedis;
+        let r = TestRedis::start();
+        let cfg = RedisConfig::new(&r.url(), "n1", crate::store::Bounds::default());
+        let k = Keys { prefix: cfg.prefix.clone() };
+        let mut c = redis::Client::open(r.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let set = |key: String, v: &str| redis::cmd("SET").arg(key).arg(v.to_string()).clone();
+        let mut pipe = redis::pipe();
+        for room in ["gone", "kept"] {
+            pipe.add_command(set(k.seq(room), "1")).ignore();
+            pipe.cmd("RPUSH").arg(k.history(room)).arg("1:0:{}").ignore();
+            pipe.cmd("SADD").arg(k.members(room)).arg("u").ignore();
+        }
+        pipe.cmd("RPUSH").arg(k.offline("u")).arg("0:1:1:0:4:kept{}").ignore();
+        pipe.add_command(set(k.dedupe("u", "c"), "1:1:kept")).ignore();
+        let () = pipe.query_async(&mut c).await.unwrap();
+        let mut ex = Exporter::connect(&cfg).await.unwrap();
+        let names = ex.names().await.unwrap();
+        assert_eq!(names.len(), 6);
+        let gone = [k.seq("gone"), k.members("gone"), k.offline("u"), k.dedupe("u", "c")];
+        let () = redis::cmd("DEL").arg(&gone).query_async(&mut c).await.unwrap();
+        let mut seen = Vec::new();
+        ex.each_of(names, |e| {
+            seen.push(format!("{e:?}"));
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert!(seen.iter().all(|e| !e.contains("\"gone\"")), "{seen:?}");
+        assert_eq!(seen.len(), 3, "kept's member, history entry and counter: {seen:?}");
     }
 }

@@ -135,6 +135,9 @@ impl Loader {
             // Redis has no reservations: the counter is the last id that may have been given,
             // so no id is given twice; the next message chains to the last stored one (`prev`).
             Element::Seq { room, last, reserved } => {
+                if let Some((id, _)) = last {
+                    self.push(redis::cmd("SET").arg(k.last(room)).arg(id));
+                }
                 let top = last.map_or(0, |(id, _)| id).max(reserved.unwrap_or(0));
                 redis::cmd("SET").arg(k.seq(room)).arg(top).clone()
             }
@@ -153,7 +156,7 @@ impl Loader {
                 }
                 self.dedupe_uids.insert(uid.to_string());
                 let mut age = redis::cmd("ZADD");
-                age.arg(k.dedupe_ages(uid)).arg(ts).arg(format!("{:03}{cid}", cid.len()));
+                age.arg(k.dedupe_ages(uid)).arg(ts).arg(super::publish::ages_member(cid)?);
                 self.push(&mut age);
                 redis::cmd("SET").arg(k.dedupe(uid, cid)).arg(format!("{ts}:{id}:{room}")).arg("PX").arg(left).clone()
             }

@@ -61,18 +61,3 @@ impl RedisStore {
         Ok(RoomCounts { uid_online: online == 1, num, total })
     }
 }
-
-impl RedisStore {
-    /// This node's field of `user:{uid}:conns` := `conns` (0 removes it): a node that had been
-    /// given up writes its counts back (a claim on another node drops a dead node's field).
-    pub(crate) async fn set_conns(&self, uid: &str, conns: u32) -> Result<()> {
-        let key = self.keys.user_conns(uid);
-        let mut c = self.conn();
-        if conns == 0 {
-            let _: i64 = redis::cmd("HDEL").arg(key).arg(&self.node).query_async(&mut c).await?;
-        } else {
-            let _: i64 = redis::cmd("HSET").arg(key).arg(&self.node).arg(conns).query_async(&mut c).await?;
-        }
-        Ok(())
-    }
-}

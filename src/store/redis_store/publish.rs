@@ -100,6 +100,18 @@ pub(crate) fn decode_payload(v: &[u8]) -> Option<Stored> {
     Some(Stored { id, prev, json: Bytes::copy_from_slice(json) })
 }
 
+/// Longest cid the ages set can order: its length is written in 4 digits (a restore takes cids
+/// of up to 1,024 bytes, a client's are at most 64 characters).
+pub(crate) const MAX_CID_BYTES: usize = 9_999;
+
+/// The cid as a member of the uid's ages set (`dedupe:{U}:ages`): its byte length in 4 digits,
+/// then the cid, so that records of one millisecond sort by (length, bytes), the order
+/// MemoryStore and sled drop them in; the publish script reads the cid back from byte 5.
+pub(crate) fn ages_member(cid: &str) -> Result<String> {
+    anyhow::ensure!(cid.len() <= MAX_CID_BYTES, "a cid of {} bytes (at most {MAX_CID_BYTES})", cid.len());
+    Ok(format!("{:04}{cid}", cid.len()))
+}
+
 fn int(v: &Value) -> Result<u64> {
     match v {
         Value::Int(i) => u64::try_from(*i).context("negative id"),
@@ -122,9 +134,7 @@ impl RedisStore {
     pub(crate) async fn publish(&self, p: &Publish<'_>) -> Result<Outcome> {
         let k = &self.keys;
         let b = &self.bounds;
-        // The cid as a member of the uid's ages set: its byte length in 3 digits first, so
-        // that records of one millisecond sort by (length, bytes) as MemoryStore drops them.
-        let cid_member = p.cid.map(|c| format!("{:03}{c}", c.len())).unwrap_or_default();
+        let cid_member = p.cid.map(ages_member).transpose()?.unwrap_or_default();
         let mut inv = self.scripts.publish.prepare_invoke();
         inv.key(k.seq(p.room))
             .key(k.history(p.room))
@@ -133,6 +143,7 @@ impl RedisStore {
             .key(k.nodes())
             .key(k.dedupe(p.uid, p.cid.unwrap_or("")))
             .key(k.dedupe_ages(p.uid))
+            .key(k.last(p.room))
             .arg(&k.prefix)
             .arg(p.room)
             .arg(p.now_ms)

@@ -5,6 +5,7 @@
 use redis::Script;
 
 const PRELUDE: &str = include_str!("prelude.lua");
+const SWEEP_NODES: &str = include_str!("sweep.lua");
 
 /// `room:{r}:history` entries with `id > ARGV[1]`, oldest first. Ids only grow along the list,
 /// so it reads from the end in chunks and stops at the first id at or below `after`: a
@@ -109,13 +110,6 @@ if was and tonumber(was) > now then return 1 end
 return 0
 "#;
 
-/// 1 when node ARGV[1] is live in KEYS[1] (nodes), else 0.
-const IS_LIVE: &str = r#"
-local at = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if at and tonumber(at) > redis_ms() then return 1 end
-return 0
-"#;
-
 /// Every script, built once.
 pub(crate) struct Scripts {
     pub(crate) publish: Script,
@@ -126,14 +120,20 @@ pub(crate) struct Scripts {
     pub(crate) set_online: Script,
     pub(crate) online: Script,
     pub(crate) heartbeat: Script,
-    pub(crate) is_live: Script,
     pub(crate) sweep: Script,
+    pub(crate) connect: Script,
+    pub(crate) reannounce: Script,
     pub(crate) claim_conn: Script,
     pub(crate) release_conn: Script,
 }
 
 fn with_prelude(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}\n{body}"))
+}
+
+/// The scripts that remove what nodes left: the prelude, then `sweep_nodes`, then `body`.
+fn with_sweep(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}\n{SWEEP_NODES}\n{body}"))
 }
 
 impl Scripts {
@@ -147,8 +147,9 @@ impl Scripts {
             set_online: with_prelude(SET_ONLINE),
             online: with_prelude(ONLINE),
             heartbeat: with_prelude(HEARTBEAT),
-            is_live: with_prelude(IS_LIVE),
-            sweep: with_prelude(include_str!("sweep.lua")),
+            sweep: with_sweep(super::presence::SWEEP),
+            connect: with_sweep(super::presence::CONNECT),
+            reannounce: with_sweep(super::presence::REANNOUNCE),
             claim_conn: with_prelude(super::conns::CLAIM),
             release_conn: with_prelude(super::conns::RELEASE),
         }

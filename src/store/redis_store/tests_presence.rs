@@ -156,3 +156,103 @@ async fn the_per_uid_connection_limit_spans_nodes_and_forgets_dead_ones() {
         redis::cmd("HKEYS").arg(n1.keys.user_conns("alice")).query_async(&mut n1.conn()).await.unwrap();
     assert_eq!(fields, vec!["n1".to_string()], "the dead node's count was dropped");
 }
+
+async fn conns_fields(s: &RedisStore, uid: &str) -> Vec<(String, u32)> {
+    let mut v: Vec<(String, u32)> =
+        redis::cmd("HGETALL").arg(s.keys.user_conns(uid)).query_async(&mut s.conn()).await.unwrap();
+    v.sort();
+    v
+}
+
+async fn exists(s: &RedisStore, key: &str) -> bool {
+    let n: i64 = redis::cmd("EXISTS").arg(key).query_async(&mut s.conn()).await.unwrap();
+    n == 1
+}
+
+/// A new process with a dead node's id, before any sweep: what its predecessor's leftovers
+/// took offline is handed to it once (for the `logout`s nobody else will send), and no sweep
+/// reports it again.
+#[tokio::test]
+async fn a_reused_node_id_hands_over_what_its_leftovers_took_offline() {
+    let r = TestRedis::start();
+    let n1 = store_on(&r, "n1", bounds()).await;
+    let old = short_lived(&r, "n2").await;
+    old.set_online("r", "bob", 1).await.unwrap();
+    old.set_online("r2", "bob", 2).await.unwrap();
+    old.set_online("r", "alice", 1).await.unwrap();
+    n1.set_online("r", "alice", 1).await.unwrap();
+    assert!(n1.take_leftover_offline().is_empty(), "n1 had no predecessor");
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let new = store_on(&r, "n2", bounds()).await;
+    assert_eq!(new.take_leftover_offline(), pairs(&[("r", "bob"), ("r2", "bob")]), "alice is on n1");
+    assert!(new.take_leftover_offline().is_empty(), "handed over once");
+    assert!(n1.sweep_dead_nodes().await.unwrap().is_empty());
+    assert_eq!(n1.online("r").await.unwrap(), vec![("alice".to_string(), 1)]);
+    assert!(new.heartbeat().await.unwrap(), "announced live by connect");
+}
+
+/// A dead node's connection counts go with its presence: at a sweep, at a clean shutdown, and
+/// when a new process takes its id (which would otherwise count them again as live).
+#[tokio::test]
+async fn a_dead_nodes_connection_counts_are_swept() {
+    let r = TestRedis::start();
+    let n1 = store_on(&r, "n1", bounds()).await;
+    let old = short_lived(&r, "n2").await;
+    let n3 = short_lived(&r, "n3").await;
+    for _ in 0..2 {
+        assert!(old.claim_conn("alice", 3).await.unwrap());
+    }
+    assert!(n3.claim_conn("carol", 3).await.unwrap());
+    assert!(n1.claim_conn("carol", 3).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let new = store_on(&r, "n2", bounds()).await;
+    assert!(conns_fields(&n1, "alice").await.is_empty(), "n2's old counts went at connect");
+    assert!(!exists(&n1, &n1.keys.node_uids("n2")).await);
+    assert!(n1.claim_conn("alice", 1).await.unwrap(), "nothing of n2's old counts is live again");
+    assert!(new.claim_conn("alice", 2).await.unwrap());
+    n1.sweep_dead_nodes().await.unwrap();
+    assert_eq!(conns_fields(&n1, "carol").await, vec![("n1".to_string(), 1)], "n3's count was swept");
+    assert!(!exists(&n1, &n1.keys.node_uids("n3")).await);
+    new.clear_node().await.unwrap();
+    assert_eq!(conns_fields(&n1, "alice").await, vec![("n1".to_string(), 1)], "a clean shutdown takes them too");
+    // A release keeps the node's index in step: nothing left, no key.
+    n1.release_conn("alice").await.unwrap();
+    n1.release_conn("carol").await.unwrap();
+    assert!(!exists(&n1, &n1.keys.node_uids("n1")).await);
+}
+
+/// A node that beat too late (given up, its presence swept and its counts dropped by another
+/// node's claim) writes its presence and counts back in one call.
+#[tokio::test]
+async fn a_node_given_up_reannounces_its_presence_and_counts() {
+    let r = TestRedis::start();
+    let n1 = store_on(&r, "n1", bounds()).await;
+    let n2 = short_lived(&r, "n2").await;
+    n1.add_member("r", "bob").await.unwrap();
+    n2.set_online("r", "bob", 2).await.unwrap();
+    n2.set_online("r", "carol", 1).await.unwrap();
+    for _ in 0..2 {
+        assert!(n2.claim_conn("bob", 5).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    assert!(n1.claim_conn("bob", 5).await.unwrap(), "drops n2's count of bob");
+    assert_eq!(n1.sweep_dead_nodes().await.unwrap(), pairs(&[("r", "bob"), ("r", "carol")]));
+    assert!(!n2.heartbeat().await.unwrap());
+    let gone = n2.reannounce(&[("r", "bob", 2), ("r2", "dave", 1)], &[("bob", 2), ("dave", 1)]).await.unwrap();
+    assert!(gone.is_empty(), "the sweep reported them already: {gone:?}");
+    assert_eq!(n1.online("r").await.unwrap(), vec![("bob".to_string(), 2)]);
+    assert_eq!(n1.online("r2").await.unwrap(), vec![("dave".to_string(), 1)]);
+    assert_eq!(conns_fields(&n1, "bob").await, vec![("n1".to_string(), 1), ("n2".to_string(), 2)]);
+    assert!(n1.claim_conn("bob", 4).await.unwrap());
+    assert!(!n1.claim_conn("bob", 4).await.unwrap(), "n2's two count again");
+    // Not swept yet: what the node no longer lists goes, and is reported once.
+    let gone = n2.reannounce(&[("r", "bob", 1)], &[("bob", 1)]).await.unwrap();
+    assert_eq!(gone, pairs(&[("r2", "dave")]));
+    assert_eq!(n1.online("r").await.unwrap(), vec![("bob".to_string(), 1)]);
+    assert_eq!(conns_fields(&n1, "dave").await, vec![]);
+    assert_eq!(conns_fields(&n1, "bob").await, vec![("n1".to_string(), 2), ("n2".to_string(), 1)]);
+    // The indexes a sweep reads match: a clean shutdown removes exactly this.
+    assert_eq!(n2.clear_node().await.unwrap(), pairs(&[("r", "bob")]));
+    assert_eq!(conns_fields(&n1, "bob").await, vec![("n1".to_string(), 2)]);
+    assert!(n2.heartbeat().await.is_ok_and(|live| !live));
+}

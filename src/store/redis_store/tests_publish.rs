@@ -184,3 +184,55 @@ async fn a_publish_refused_for_memory_writes_nothing() {
         redis::cmd("EVAL").arg("return redis.call('NOPE')").arg(0).query_async::<()>(&mut c).await.unwrap_err().into();
     assert!(!super::is_unavailable(&e), "{e:#}");
 }
+
+async fn publish_one(s: &RedisStore, room: &str, cid: Option<&str>, now: u64) -> Outcome {
+    let t = template(room, "u", "x", cid);
+    s.publish(&Publish { room, uid: "u", cid, template: &t, now_ms: now }).await.unwrap()
+}
+
+fn id_prev(o: &Outcome) -> (u64, u64) {
+    match o {
+        Outcome::Published(p) => (p.id, p.prev),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// With `history_max` 0 no history is kept, and `prev` still chains to the message stored
+/// last (in the answer and in the queue entries), also across an id jump.
+#[tokio::test]
+async fn prev_chains_without_a_history() {
+    let r = TestRedis::start();
+    let s = store_on(&r, "n1", Bounds { history_max: 0, offline_max: 10, ..bounds() }).await;
+    s.add_member("r", "away").await.unwrap();
+    for want in [(1, 0), (2, 1), (3, 2)] {
+        assert_eq!(id_prev(&publish_one(&s, "r", None, 0).await), want);
+    }
+    assert!(s.history_after("r", 0).await.unwrap().is_empty());
+    let mut c = s.conn();
+    let () = redis::cmd("SET").arg(s.keys.seq("r")).arg(100).query_async(&mut c).await.unwrap();
+    assert_eq!(id_prev(&publish_one(&s, "r", None, 0).await), (101, 3));
+    let q = s.queued("away", "r", 0).await.unwrap();
+    assert_eq!(q.iter().map(|e| (e.id, e.prev)).collect::<Vec<_>>(), vec![(1, 0), (2, 1), (3, 2), (101, 3)]);
+    assert_eq!(id_prev(&publish_one(&s, "other", None, 0).await), (1, 0), "each room its own");
+}
+
+/// Cids up to 1,024 bytes (what a restore accepts): records of one millisecond still go
+/// shortest cid first at the per-uid cap, and the record dropped is the one named.
+#[tokio::test]
+async fn long_cids_keep_the_dedupe_cap_order() {
+    let r = TestRedis::start();
+    let s = store_on(&r, "n1", Bounds { dedupe_max: 2, ..bounds() }).await;
+    let (c999, c1024) = ("a".repeat(999), "b".repeat(1_024));
+    publish_one(&s, "r", Some(&c1024), 100).await;
+    publish_one(&s, "r", Some(&c999), 100).await;
+    publish_one(&s, "r", Some("c"), 100).await;
+    let known = |cid: &str| {
+        let (s, cid) = (&s, cid.to_string());
+        async move { s.dedupe_get("u", &cid, 100).await.unwrap().is_some() }
+    };
+    assert!(!known(&c999).await, "the shorter of the two older ones goes");
+    assert!(known(&c1024).await && known("c").await);
+    let n: usize = redis::cmd("ZCARD").arg(s.keys.dedupe_ages("u")).query_async(&mut s.conn()).await.unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(publish_one(&s, "r", Some(&c1024), 101).await, Outcome::AlreadyPublished { room: "r".into(), id: 1 });
+}
