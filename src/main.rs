@@ -299,8 +299,9 @@ async fn run(cfg: Config, shutdown: CancellationToken, reload: Arc<tokio::sync::
         h.clone().heartbeat(beat, stop.clone())
     }));
     if hub.is_clustered() {
-        let (h, stop) = (hub.clone(), shutdown.clone());
-        tokio::spawn(supervise("redis node", metrics.clone(), shutdown.clone(), move || {
+        // Until after `leave_node`, not the signal: the node stays live while it drains.
+        let (h, stop) = (hub.clone(), broker_stop.clone());
+        tokio::spawn(supervise("redis node", metrics.clone(), broker_stop.clone(), move || {
             h.clone().run_node(stop.clone())
         }));
     } else {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 pub use local::LocalBroker;
-pub use subscribers::{Conns, Held, RoomSubs, Subscribers};
+pub use subscribers::{Conns, RoomSubs, Subscribers};
 
 /// A connection's id, unique within this process.
 pub type ConnId = u64;

@@ -23,11 +23,14 @@ struct Sub {
     /// no lock held): the publications delivered meanwhile, in order, each with its message
     /// id, held back until `activate`. `None` for a live connection (the usual case: no lock).
     pending: Option<Mutex<Vec<Held>>>,
+    /// Its session has ended and its removal is on the way (scaled out, that takes a Redis
+    /// write): it refuses everything, so its uid is reported missed and gets it queued.
+    gone: bool,
 }
 
 /// A publication held for a pending connection: its message id (`None` for presence) and
 /// the frame.
-pub type Held = (Option<u64>, Bytes);
+pub(crate) type Held = (Option<u64>, Bytes);
 
 /// One room's connections on this node, behind a lock that the hub takes under the room's
 /// own lock (and a broker that delivers from the network takes alone).
@@ -60,17 +63,17 @@ pub struct Conns {
 impl Conns {
     /// Adds a connection; true when it was not there yet.
     pub fn add(&mut self, id: ConnId, uid: Arc<str>, outbox: Arc<Outbox>) -> bool {
-        self.map.insert(id, Sub { uid, outbox, pending: None }).is_none()
+        self.map.insert(id, Sub { uid, outbox, pending: None, gone: false }).is_none()
     }
 
     /// Adds a connection as pending: what is delivered to it is held (see `Sub::pending`)
     /// until `activate`. A connection already here becomes pending again (a repeated join
     /// with `since` catches it up once more). It counts as receiving: never "missed".
-    pub fn add_pending(&mut self, id: ConnId, uid: Arc<str>, outbox: Arc<Outbox>) {
+    pub(crate) fn add_pending(&mut self, id: ConnId, uid: Arc<str>, outbox: Arc<Outbox>) {
         match self.map.get_mut(&id) {
             Some(s) => s.pending = Some(Mutex::default()),
             None => {
-                self.map.insert(id, Sub { uid, outbox, pending: Some(Mutex::default()) });
+                self.map.insert(id, Sub { uid, outbox, pending: Some(Mutex::default()), gone: false });
             }
         }
     }
@@ -78,19 +81,23 @@ impl Conns {
     /// Makes a pending connection live and returns what was held for it, oldest first; the
     /// caller sends its catch-up and then these, in the same critical section, so that no
     /// publication overtakes them. Empty for a connection that was not pending.
-    pub fn activate(&mut self, id: ConnId) -> Vec<Held> {
+    pub(crate) fn activate(&mut self, id: ConnId) -> Vec<Held> {
         let held = self.map.get_mut(&id).and_then(|s| s.pending.take());
         held.map(|h| h.into_inner().unwrap_or_else(|p| p.into_inner())).unwrap_or_default()
     }
 
-    /// Whether the connection is here and live (not pending).
-    pub fn is_live(&self, id: ConnId) -> bool {
-        self.map.get(&id).is_some_and(|s| s.pending.is_none())
+    /// The connection's session ended: from now on it refuses every publication (see
+    /// `Sub::gone`), until it is removed.
+    pub(crate) fn mark_gone(&mut self, id: ConnId) {
+        if let Some(s) = self.map.get_mut(&id) {
+            s.gone = true;
+            s.pending = None;
+        }
     }
 
-    /// How many connections are here (live or pending).
-    pub fn len(&self) -> usize {
-        self.map.len()
+    /// Whether the connection is here and live (not pending).
+    pub(crate) fn is_live(&self, id: ConnId) -> bool {
+        self.map.get(&id).is_some_and(|s| s.pending.is_none())
     }
 
     /// Removes a connection; its uid when it was there.
@@ -99,7 +106,7 @@ impl Conns {
     }
 
     /// The uid of a connection here.
-    pub fn uid_of(&self, id: ConnId) -> Option<Arc<str>> {
+    pub(crate) fn uid_of(&self, id: ConnId) -> Option<Arc<str>> {
         self.map.get(&id).map(|s| s.uid.clone())
     }
 
@@ -129,6 +136,10 @@ impl Conns {
             if Some(*id) == p.except {
                 continue;
             }
+            if s.gone {
+                refused.push(&s.uid);
+                continue;
+            }
             if let Some(held) = &s.pending {
                 let id = match p.kind {
                     super::Kind::Message { id, .. } => Some(id),
@@ -153,7 +164,7 @@ impl Conns {
     fn without_live<'a>(&self, uids: impl Iterator<Item = &'a Arc<str>>) -> Missed {
         let mut out: Missed = Vec::new();
         for u in uids {
-            let live = self.map.values().any(|s| s.uid == *u && !s.outbox.is_closing());
+            let live = self.map.values().any(|s| s.uid == *u && !s.gone && !s.outbox.is_closing());
             if !live && !out.contains(u) {
                 out.push(u.clone());
             }

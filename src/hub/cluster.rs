@@ -11,10 +11,12 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
+use tokio::sync::OwnedMutexGuard;
 use tokio_util::task::TaskTracker;
 
 use super::cluster_node::ConnCounts;
-use super::join::{recovered, send_catch_up, CatchUp};
+use super::join::{catch_up_into, recovered, CatchUp};
 use super::{send_one, Conn, ConnId, HubError, Joined, Who, STRIPES};
 use crate::broker::redis::RedisBroker;
 use crate::broker::{Broker, Conns, Kind, Publication, RoomSubs, Subscribers};
@@ -23,6 +25,10 @@ use crate::protocol::{self, LoginOut, LogoutOut, MessageOut};
 use crate::store::redis_store::{Membership, Outcome, Publish, RedisStore, RoomCounts, Template};
 use crate::sync::LockExt;
 use crate::wire;
+
+/// How long a leaving connection waits for this node to deliver what was published before its
+/// presence write.
+const DELIVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// This node's part of one room.
 pub(super) struct Room {
@@ -62,6 +68,10 @@ pub(crate) struct Cluster {
     /// Moved by every presence write and claim, so that a `reannounce` can tell whether one
     /// ran while it took its list.
     pub(super) generation: AtomicU64,
+    /// The heartbeat found the node given up: the next `reannounce` sends `login`s too.
+    pub(super) given_up: AtomicBool,
+    /// `leave_node` ran: no more presence writes.
+    pub(super) left: AtomicBool,
     pub(super) conn_counts: ConnCounts,
 }
 
@@ -86,6 +96,8 @@ impl Cluster {
             max_rooms_per_uid,
             dirty: AtomicBool::new(false),
             generation: AtomicU64::new(0),
+            given_up: AtomicBool::new(false),
+            left: AtomicBool::new(false),
             conn_counts: ConnCounts::default(),
         }
     }
@@ -119,21 +131,24 @@ impl Cluster {
             return Ok(r);
         }
         self.broker.subscribe(id).await.map_err(HubError::Unavailable)?;
+        let mut rooms = self.rooms.locked();
         let room = Arc::new(Room { subs: self.subs.room(id), here: Arc::default() });
-        self.rooms.locked().insert(id.to_string(), room.clone());
+        rooms.insert(id.to_string(), room.clone());
         Ok(room)
     }
 
     /// Drops a room whose last connection left (the caller holds `here`): unsubscribed, so a
     /// node is subscribed to exactly the rooms it has connections in.
     fn evict(&self, id: &str, room: &Arc<Room>, here: &mut Here) {
+        // Forgotten under the map's lock (lock order: the map, then a `Subscribers` shard):
+        // an opener that finds the room gone makes a fresh connection set, never this one.
         let mut rooms = self.rooms.locked();
         if rooms.get(id).is_some_and(|r| Arc::ptr_eq(r, room)) {
             rooms.remove(id);
         }
+        self.subs.forget(id, &room.subs);
         drop(rooms);
         here.evicted = true;
-        self.subs.forget(id, &room.subs);
         self.broker.unsubscribe(id);
     }
 
@@ -188,8 +203,9 @@ impl Cluster {
     /// `login`. The connection is added as pending first, so that what the room publishes
     /// from then on is held for it; then membership and presence are written (messages after
     /// that are no longer queued for it) and the catch-up is read, with no lock held; then,
-    /// under the room's `Conns` lock, its `login`, the catch-up and the held publications the
-    /// catch-up does not have go out, and it is live. Nothing is lost or doubled.
+    /// under the room's `Conns` lock, its `login`, the catch-up and the held publications go
+    /// out merged in id order, each once, and it is live. Catch-up entries this node has not
+    /// delivered yet (`RedisBroker::delivered`) are left to come live, in order.
     pub(super) async fn join(
         &self,
         conn: &Conn,
@@ -203,7 +219,7 @@ impl Cluster {
                 return Err(HubError::TooManyRooms(self.max_rooms_per_uid));
             }
         }
-        let (room, mut here) = loop {
+        let (room, here) = loop {
             let room = self.open(roomid).await?;
             let here = room.here.clone().lock_owned().await;
             if !here.evicted {
@@ -220,23 +236,32 @@ impl Cluster {
             c.add_pending(conn.id, uid.clone(), conn.outbox.clone());
             new
         };
+        // From here on, a join that does not finish (an error, or the session's task dropped
+        // mid-way) is undone by the guard.
+        let mut g = Joining {
+            cluster: self,
+            roomid,
+            room: &room,
+            here,
+            conn: conn.id,
+            outbox: conn.outbox.clone(),
+            uid: uid.clone(),
+            is_new,
+            counted: false,
+            done: false,
+        };
         // Even a repeated login writes (the same count): its `login` gets fresh counts.
-        let n = here.uids.get(&uid).copied().unwrap_or(0) + u32::from(is_new);
+        let n = g.here.uids.get(&uid).copied().unwrap_or(0) + u32::from(is_new);
         let m = if is_new { Membership::Add } else { Membership::Keep };
         self.generation.fetch_add(1, Ordering::AcqRel);
+        // Counted before the write: whether or not a failed write landed, the undo writes back.
+        g.here.uids.insert(uid.clone(), n);
+        g.counted = is_new;
         let RoomCounts { num, total, .. } = match self.store.set_presence(roomid, who.uid, n, m).await {
             Ok(counts) => counts,
-            Err(e) => {
-                if is_new {
-                    self.undo_join(conn.id, who.uid, &uid, roomid, &room, &mut here).await;
-                } else {
-                    room.subs.lock().activate(conn.id);
-                }
-                return Err(e.into());
-            }
+            Err(e) => return Err(e.into()), // the guard undoes it
         };
-        here.uids.insert(uid.clone(), n);
-        here.names.insert(uid.clone(), who.name.to_string());
+        g.here.names.insert(uid.clone(), who.name.to_string());
         let catch_up = self.read_catch_up(who.uid, roomid, since).await;
         let mut login = LoginOut {
             event: "login",
@@ -254,19 +279,51 @@ impl Cluster {
         login.recovered = since.map(|k| catch_up.as_ref().is_ok_and(|c| recovered(k, &c.replay, &c.queued)));
         let claimed = {
             let mut c = room.subs.lock();
+            g.done = true;
             if is_new || login.recovered.is_some() {
                 send_one(&self.metrics, conn, wire::text(&protocol::login(&login)));
             }
-            let claimed = catch_up.as_ref().ok().map(|cu| send_catch_up(&self.metrics, conn, who.uid, since, cu));
-            for (id, frame) in c.activate(conn.id) {
-                if id.is_some_and(|id| catch_up.as_ref().is_ok_and(|cu| cu.has(id))) {
-                    continue;
+            // Moved by the subscriber under this lock: ids up to it were delivered here.
+            let upto = self.broker.delivered(roomid).unwrap_or(u64::MAX);
+            let held = c.activate(conn.id);
+            let mut out: Vec<((u64, u8, usize), Bytes)> = Vec::new();
+            let (claimed, ping) = match &catch_up {
+                Ok(cu) => {
+                    let mut push = |id: Option<u64>, frame| {
+                        // The drain's ping goes after everything.
+                        let key = id.map_or((u64::MAX, 2, 0), |id| (id, 0, out.len()));
+                        out.push((key, frame));
+                        true
+                    };
+                    let (claimed, ping) = catch_up_into(conn, who.uid, since, cu, upto, &mut push);
+                    (Some(claimed), ping)
                 }
-                send_one(&self.metrics, conn, frame);
+                Err(_) => (None, None),
+            };
+            let mut after = 0;
+            for (i, (id, frame)) in held.into_iter().enumerate() {
+                match id {
+                    Some(id) if catch_up.as_ref().is_ok_and(|cu| id <= upto && cu.has(id)) => {}
+                    Some(id) => {
+                        after = id;
+                        out.push(((id, 0, usize::MAX / 2 + i), frame));
+                    }
+                    // Presence stays right after the message it followed.
+                    None => out.push(((after, 1, i), frame)),
+                }
+            }
+            out.sort_by_key(|(k, _)| *k);
+            let mut refused = false;
+            for (_, frame) in out {
+                refused |= !send_one(&self.metrics, conn, frame);
+            }
+            if let (true, Some(token)) = (refused, ping) {
+                // A ping after a refused entry confirms nothing.
+                conn.unconfirmed.locked().retain(|(t, ..)| *t != token);
             }
             claimed
         };
-        drop(here);
+        drop(g);
         let delivered = match catch_up {
             Ok(_) => self.store.dequeue(who.uid, &claimed.unwrap_or_default()).await,
             Err(e) => Err(e),
@@ -275,32 +332,6 @@ impl Cluster {
             tracing::error!("replay/offline delivery in room {roomid}: {e:#}");
         }
         Ok(Joined { catch_up_failed: delivered.is_err() })
-    }
-
-    /// A join that could not write its presence: the connection leaves the room again, and
-    /// this node's count is written back (the failed write may have landed).
-    async fn undo_join(
-        &self,
-        conn: ConnId,
-        uid: &str,
-        key: &Arc<str>,
-        roomid: &str,
-        room: &Arc<Room>,
-        here: &mut Here,
-    ) {
-        let empty = {
-            let mut c = room.subs.lock();
-            c.remove(conn);
-            c.is_empty()
-        };
-        let n = here.uids.get(key).copied().unwrap_or(0);
-        if let Err(e) = self.store.set_presence(roomid, uid, n, Membership::Keep).await {
-            self.presence_failed(&e);
-        }
-        if empty {
-            self.metrics.rooms.dec();
-            self.evict(roomid, room, here);
-        }
     }
 
     async fn read_catch_up(&self, uid: &str, roomid: &str, since: Option<u64>) -> anyhow::Result<CatchUp> {
@@ -384,6 +415,9 @@ impl Cluster {
             here.names.remove(&uid);
         }
         let done = self.after_remove(who, roomid, left, end_membership).await;
+        if let Ok(seq) = &done {
+            self.until_delivered(roomid, *seq).await;
+        }
         let empty = {
             let mut c = room.subs.lock();
             c.remove(conn);
@@ -393,10 +427,37 @@ impl Cluster {
             self.metrics.rooms.dec();
             self.evict(roomid, &room, &mut here);
         }
-        done
+        done.map(drop)
     }
 
-    async fn after_remove(&self, who: &Who<'_>, roomid: &str, left: u32, end_membership: bool) -> Result<(), HubError> {
+    /// Until this node has delivered the room's messages up to `seq` (bounded): messages
+    /// published before a leaving connection's presence write reach it (or, refused by its
+    /// closing outbox, its queue) rather than nobody, when the subscriber lags behind.
+    async fn until_delivered(&self, roomid: &str, seq: u64) {
+        let deadline = tokio::time::Instant::now() + DELIVERY_WAIT;
+        while self.broker.delivered(roomid).is_some_and(|d| d < seq) {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    "room {roomid}: this node is behind on its messages; a leaving connection may miss some"
+                );
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The presence write of a removal (and the `logout` when the uid is gone from the room
+    /// on every node); the room's last id given as it landed.
+    async fn after_remove(
+        &self,
+        who: &Who<'_>,
+        roomid: &str,
+        left: u32,
+        end_membership: bool,
+    ) -> Result<u64, HubError> {
+        if self.left.load(Ordering::Acquire) {
+            return Ok(0); // the node's presence is gone already (`leave_node`)
+        }
         let m = if end_membership && left == 0 { Membership::End } else { Membership::Keep };
         let counts =
             self.store.set_presence(roomid, who.uid, left, m).await.inspect_err(|e| self.presence_failed(e))?;
@@ -406,11 +467,25 @@ impl Cluster {
                 protocol::logout(&LogoutOut { event: "logout", roomid, uid: who.uid, name: who.name, num, total });
             self.announce(roomid, json, None);
         }
-        Ok(())
+        Ok(counts.seq)
+    }
+
+    /// `leave`: `remove` in a task of the hub's, so that a session dropped while it waits does
+    /// not stop it half-way (the connection out of the room but its presence still counted).
+    pub(super) async fn leave(self: &Arc<Self>, conn: ConnId, who: &Who<'_>, roomid: &str) -> Result<(), HubError> {
+        let (me, uid, name, room) = (self.clone(), who.uid.to_string(), who.name.to_string(), roomid.to_string());
+        let task = self.tasks.spawn(async move { me.remove(conn, &Who { uid: &uid, name: &name }, &room, true).await });
+        task.await.unwrap_or_else(|e| Err(HubError::Unavailable(anyhow::anyhow!("leave: {e}"))))
     }
 
     /// A session ended: its rooms are left (memberships kept) in a task of the hub's.
     pub(super) fn disconnect(self: &Arc<Self>, conn: ConnId, who: &Who, rooms: &[String]) {
+        // At once, before the Redis writes: what reaches it from now on is queued for its uid.
+        for r in rooms {
+            if let Some(room) = self.existing(r) {
+                room.subs.lock().mark_gone(conn);
+            }
+        }
         let (me, uid, name, rooms) = (self.clone(), who.uid.to_string(), who.name.to_string(), rooms.to_vec());
         self.tasks.spawn(async move {
             let who = Who { uid: &uid, name: &name };
@@ -427,5 +502,57 @@ impl Cluster {
 impl From<redis::RedisError> for HubError {
     fn from(e: redis::RedisError) -> Self {
         HubError::Unavailable(e.into())
+    }
+}
+
+/// A join under way (it holds the room's `Here`). Dropped before `done` (an error, or the
+/// session's task dropped mid-join), it takes the connection back out of the room and its
+/// count back down, and has the heartbeat write this node's presence again (a write may have
+/// landed): no pending connection is left behind to hold publications forever.
+struct Joining<'a> {
+    cluster: &'a Cluster,
+    roomid: &'a str,
+    room: &'a Arc<Room>,
+    here: OwnedMutexGuard<Here>,
+    conn: ConnId,
+    outbox: Arc<crate::outbox::Outbox>,
+    uid: Arc<str>,
+    is_new: bool,
+    /// The join's connection is in `here`'s count.
+    counted: bool,
+    done: bool,
+}
+
+impl Drop for Joining<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let empty = {
+            let mut c = self.room.subs.lock();
+            if self.is_new {
+                c.remove(self.conn);
+            } else {
+                // It was in the room before this login: it stays, and gets what was held.
+                for (_, frame) in c.activate(self.conn) {
+                    let _ = self.outbox.push(frame);
+                }
+            }
+            c.is_empty()
+        };
+        if self.counted {
+            if let Some(n) = self.here.uids.get_mut(&self.uid) {
+                *n -= 1;
+                if *n == 0 {
+                    self.here.uids.remove(&self.uid);
+                    self.here.names.remove(&self.uid);
+                }
+            }
+        }
+        self.cluster.dirty.store(true, Ordering::Relaxed);
+        if empty {
+            self.cluster.metrics.rooms.dec();
+            self.cluster.evict(self.roomid, self.room, &mut self.here);
+        }
     }
 }

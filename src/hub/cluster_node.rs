@@ -101,15 +101,24 @@ impl Hub {
 }
 
 impl Cluster {
-    async fn run_node(self: Arc<Self>, shutdown: CancellationToken) {
+    /// Two loops: the heartbeat alone, so that no amount of other Redis work can make this node
+    /// miss its deadline, and the upkeep (writing its presence again when needed, sweeping dead
+    /// nodes and sending their users' `logout`s). Both stop with `stop`, which the caller
+    /// cancels only after `leave_node`: a slow shutdown does not pass the node's deadline.
+    async fn run_node(self: Arc<Self>, stop: CancellationToken) {
+        tokio::join!(self.beat(&stop), self.upkeep(&stop));
+    }
+
+    async fn beat(&self, stop: &CancellationToken) {
         let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
         let mut down = false;
-        // Other nodes may have sent this node's users' `logout`s: they hear `login`s again.
-        let mut given_up = false;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = shutdown.cancelled() => return,
+                _ = stop.cancelled() => return,
+            }
+            if self.left.load(Ordering::Acquire) {
+                continue; // until `stop`: returning would look like a crash to the supervisor
             }
             match self.store.heartbeat().await {
                 Ok(live) => {
@@ -119,8 +128,8 @@ impl Cluster {
                     }
                     if !live {
                         tracing::warn!(node = %self.store.node, "redis: this node had been given up (heartbeat late): writing its presence again");
-                        self.dirty.store(true, Ordering::Relaxed);
-                        given_up = true;
+                        self.given_up.store(true, Ordering::Release);
+                        self.dirty.store(true, Ordering::Release);
                     }
                 }
                 Err(e) => {
@@ -128,14 +137,27 @@ impl Cluster {
                         tracing::warn!(node = %self.store.node, "redis: heartbeat failed (retried every {HEARTBEAT_EVERY:?}): {e:#}");
                         down = true;
                     }
-                    continue;
                 }
             }
-            if self.dirty.swap(false, Ordering::Relaxed) {
-                if self.reannounce(given_up).await {
-                    given_up = false;
-                } else {
-                    self.dirty.store(true, Ordering::Relaxed);
+        }
+    }
+
+    async fn upkeep(&self, stop: &CancellationToken) {
+        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            if self.left.load(Ordering::Acquire) {
+                continue; // until `stop`: returning would look like a crash to the supervisor
+            }
+            if self.dirty.swap(false, Ordering::AcqRel) {
+                // Other nodes may have sent this node's users' `logout`s: they hear `login`s again.
+                let given_up = self.given_up.swap(false, Ordering::AcqRel);
+                if !self.reannounce(given_up).await {
+                    self.dirty.store(true, Ordering::Release);
+                    self.given_up.fetch_or(given_up, Ordering::AcqRel);
                 }
             }
             match self.store.sweep_dead_nodes().await {
@@ -235,9 +257,18 @@ impl Cluster {
         if tokio::time::timeout(SETTLE, self.tasks.wait()).await.is_err() {
             tracing::warn!("redis: disconnect writes still pending at shutdown (presence goes at the node's deadline)");
         }
-        match self.store.clear_node().await {
-            Ok(gone) => self.announce_gone(gone).await,
-            Err(e) => tracing::warn!("redis: removing this node's presence failed (it goes at its deadline): {e:#}"),
+        // From here on this node writes no presence (a late write would outlive the node).
+        self.left.store(true, Ordering::Release);
+        let cleared = async {
+            match self.store.clear_node().await {
+                Ok(gone) => self.announce_gone(gone).await,
+                Err(e) => {
+                    tracing::warn!("redis: removing this node's presence failed (it goes at its deadline): {e:#}")
+                }
+            }
+        };
+        if tokio::time::timeout(SETTLE, cleared).await.is_err() {
+            tracing::warn!("redis: removing this node's presence took too long (the rest goes at its deadline)");
         }
         if tokio::time::timeout(SETTLE, self.broker.presence_sent()).await.is_err() {
             tracing::warn!("redis: logouts still unsent at shutdown");

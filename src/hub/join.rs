@@ -7,6 +7,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::metrics::Metrics;
 use crate::protocol::{self, Mark};
 use crate::store::{Queued, Stored};
@@ -74,10 +76,23 @@ fn confirm_ping() -> (u64, bytes::Bytes) {
 /// larger than the outbox has room for is sent in part, the ping after it, and the connection
 /// closed with 1013: the rest stays queued for the next `login`, which so always gets further.
 pub(super) fn send_catch_up(metrics: &Metrics, conn: &Conn, uid: &str, since: Option<u64>, c: &CatchUp) -> Vec<u64> {
-    let send_one = |frame| super::send_one(metrics, conn, frame);
+    catch_up_into(conn, uid, since, c, u64::MAX, &mut |_, frame| super::send_one(metrics, conn, frame)).0
+}
+
+/// `send_catch_up` through `push` (message id, or `None` for the drain's ping), leaving out
+/// the entries with an id above `upto` (not sent, nor dequeued: they come live). Returns the
+/// entries to dequeue now and the ping's token, if one was pushed.
+pub(super) fn catch_up_into(
+    conn: &Conn,
+    uid: &str,
+    since: Option<u64>,
+    c: &CatchUp,
+    upto: u64,
+    push: &mut dyn FnMut(Option<u64>, Bytes) -> bool,
+) -> (Vec<u64>, Option<u64>) {
     let mut all_sent = true;
-    for m in &c.replay {
-        all_sent &= send_one(wire::text(&protocol::with_mark(&m.json, Mark::Replay)));
+    for m in c.replay.iter().filter(|m| m.id <= upto) {
+        all_sent &= push(Some(m.id), wire::text(&protocol::with_mark(&m.json, Mark::Replay)));
     }
     let replayed = |id: u64| c.replay.binary_search_by_key(&id, |m| m.id).is_ok();
     let mut claimed = Vec::new();
@@ -86,6 +101,8 @@ pub(super) fn send_catch_up(metrics: &Metrics, conn: &Conn, uid: &str, since: Op
     for q in &c.queued {
         if since.is_some_and(|k| q.id <= k) {
             claimed.push(q.n);
+        } else if q.id > upto {
+            // It comes live: it stays queued until a later drain or `since` covers it.
         } else if replayed(q.id) {
             sent.push(q.n);
         } else if all_sent && !cut_short {
@@ -95,23 +112,26 @@ pub(super) fn send_catch_up(metrics: &Metrics, conn: &Conn, uid: &str, since: Op
                 cut_short = true;
                 continue;
             }
-            all_sent = send_one(frame);
+            all_sent = push(Some(q.id), frame);
             if all_sent {
                 sent.push(q.n);
             }
         }
     }
+    let mut ping = None;
     if all_sent && !sent.is_empty() {
         let (token, frame) = confirm_ping();
         conn.unconfirmed.locked().push((token, uid.to_string(), sent));
-        if !send_one(frame) {
+        if push(None, frame) {
+            ping = Some(token);
+        } else {
             conn.unconfirmed.locked().retain(|(t, ..)| *t != token);
         }
     }
     if cut_short {
         conn.outbox.close(1013, "slow consumer: log in again for the rest of the offline queue");
     }
-    claimed
+    (claimed, ping)
 }
 
 impl Hub {

@@ -2,9 +2,10 @@
 //! `Outbox` (never a socket), writes through the `Store`, and sends every room event through
 //! the `Broker` (never to a room's connections itself).
 //!
-//! Ordering contract: within a room, ids are assigned, stored and published under the room's
-//! lock, so every connection sees a room's events in id order, and a joiner's replay and
-//! offline drain come before any live message published after its `login`.
+//! Ordering contract: every connection sees a room's events in id order, and a joiner's replay
+//! and offline drain come before any live message published after its `login`. On one node
+//! ids are assigned, stored and published under the room's lock; scaled out, Redis orders a
+//! room and `cluster` keeps the joiner's side of the contract.
 
 #[cfg(test)]
 mod broker_tests;
@@ -351,14 +352,14 @@ impl Hub {
 
     pub async fn leave(&self, conn: &Conn, who: &Who<'_>, roomid: &str) -> Result<(), HubError> {
         if let Engine::Redis(c) = &self.engine {
-            return c.remove(conn.id, who, roomid, true).await;
+            return c.leave(conn.id, who, roomid).await;
         }
         self.remove(conn, who, roomid, true)
     }
 
     /// A connection went away: it leaves every room it was in, memberships kept. Never
     /// waits (it runs as the session is dropped): scaled out, the Redis writes go on in a
-    /// task of the hub's (`settle` waits for them).
+    /// task of the hub's (`leave_node` waits for them).
     pub fn disconnect(&self, conn: &Conn, who: &Who, rooms: &[String]) {
         if let Engine::Redis(c) = &self.engine {
             return c.disconnect(conn.id, who, rooms);

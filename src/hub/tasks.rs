@@ -37,6 +37,10 @@ impl Hub {
 
     /// Once a minute: drop expired queue entries and dedupe records, and evict idle rooms.
     pub async fn housekeeping(self: Arc<Self>, shutdown: CancellationToken) {
+        if self.is_clustered() {
+            // Redis expires what it holds by itself, and a node drops a room at its last leave.
+            return shutdown.cancelled().await;
+        }
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tokio::select! {
@@ -57,6 +61,9 @@ impl Hub {
     /// At a clean shutdown, once nothing is published any more: releases every open room's id
     /// reservation (after the caller's flush), so ids continue without a gap after a restart.
     pub fn release_ids(&self) -> anyhow::Result<()> {
+        if self.is_clustered() {
+            return Ok(()); // Redis gives the ids: nothing is reserved here
+        }
         let all: Vec<(String, Arc<Room>)> = self.rooms.locked().iter().map(|(id, r)| (id.clone(), r.clone())).collect();
         for (id, room) in all {
             let last_id = room.lock().last_id;

@@ -10,8 +10,9 @@ use crate::store::{Result, Stored};
 /// Queues a message for the uids of ARGV[10..] that missed it on this node, each only when it
 /// still needs it:
 /// - a member of the room (KEYS[1]), as the publish script queues members only;
-/// - not online on another live node (KEYS[2] online, KEYS[3] nodes): that node delivered it,
-///   or queues it itself if the uid missed it there too;
+/// - (whether it is online on another node is not asked: its connections there may be closing
+///   too, and each node deferring to the other would queue it nowhere; a uid live elsewhere
+///   may so get it live and from its queue, which clients drop by id);
 /// - not queued already for this room and id: the publish script queued it when the uid had
 ///   no presence on a live node at that moment, and a retry after a timeout may have run.
 ///
@@ -20,17 +21,11 @@ use crate::store::{Result, Stored};
 /// 9 offline_ttl. Returns the uids queued for.
 const ENQUEUE_MISSED: &str = r#"
 local node, room, id, prev, json, now = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
-local live = live_nodes(KEYS[3], redis_ms())
-local elsewhere = {}
-for _, f in ipairs(redis.call('HKEYS', KEYS[2])) do
-  local n, uid = split_field(f)
-  if n ~= node and live[n] then elsewhere[uid] = true end
-end
 local out = {}
 for i = 10, #ARGV do
   local uid = ARGV[i]
   local q, meta = KEYS[4 + 2 * (i - 10)], KEYS[5 + 2 * (i - 10)]
-  if redis.call('SISMEMBER', KEYS[1], uid) == 1 and not elsewhere[uid] then
+  if redis.call('SISMEMBER', KEYS[1], uid) == 1 then
     local have = false
     for _, e in ipairs(redis.call('LRANGE', q, 0, -1)) do
       local eid, rlen, pos = string.match(e, '^%d+:%d+:(%d+):%d+:(%d+):()')

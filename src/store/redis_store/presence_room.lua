@@ -1,9 +1,10 @@
 -- This node's presence of one uid in one room, optionally its membership, and the room's counts
 -- after it, in one step (so exactly one node sees a uid go offline everywhere).
--- KEYS: 1 room online, 2 node rooms, 3 nodes, 4 room members, 5 user rooms.
+-- KEYS: 1 room online, 2 node rooms, 3 nodes, 4 room members, 5 user rooms, 6 room seq.
 -- ARGV: 1 field `<node>:<uid>`, 2 this node's connections of uid (0 removes), 3 room, 4 uid,
---       5 membership: '+' adds, '-' ends, '' keeps.
--- Returns {uid online on a live node (1/0), num, total}.
+--       5 membership: '+' adds, '-' ends (only when the uid is then online on no live node:
+--       a `leave` on one node does not end a membership the uid still uses on another), '' keeps.
+-- Returns {uid online on a live node (1/0), num, total, the room's last id given}.
 local conns = tonumber(ARGV[2])
 local live = live_nodes(KEYS[3], redis_ms())
 local flat = redis.call('HGETALL', KEYS[1])
@@ -15,9 +16,6 @@ end
 if ARGV[5] == '+' then
   redis.call('SADD', KEYS[4], ARGV[4])
   redis.call('SADD', KEYS[5], ARGV[3])
-elseif ARGV[5] == '-' then
-  redis.call('SREM', KEYS[4], ARGV[4])
-  redis.call('SREM', KEYS[5], ARGV[3])
 end
 local seen, num = {}, 0
 for i = 1, #flat, 2 do
@@ -28,4 +26,8 @@ for i = 1, #flat, 2 do
   end
 end
 if conns > 0 and live[(split_field(ARGV[1]))] and not seen[ARGV[4]] then seen[ARGV[4]] = true num = num + 1 end
-return {seen[ARGV[4]] and 1 or 0, num, redis.call('SCARD', KEYS[4])}
+if ARGV[5] == '-' and not seen[ARGV[4]] then
+  redis.call('SREM', KEYS[4], ARGV[4])
+  redis.call('SREM', KEYS[5], ARGV[3])
+end
+return {seen[ARGV[4]] and 1 or 0, num, redis.call('SCARD', KEYS[4]), tonumber(redis.call('GET', KEYS[6]) or '0')}

@@ -14,7 +14,8 @@ pub(crate) enum Membership {
     Keep,
     /// A join: the uid becomes a member (when it was not).
     Add,
-    /// An explicit `leave` of the uid's last connection: the membership ends.
+    /// An explicit `leave` of the uid's last connection here: the membership ends, unless the
+    /// uid is still in the room on another live node.
     End,
 }
 
@@ -27,6 +28,9 @@ pub(crate) struct RoomCounts {
     pub(crate) num: usize,
     /// Members.
     pub(crate) total: usize,
+    /// The last id given in the room when the change landed: every message up to it was
+    /// published while the old presence held (what a leaving connection waits to have seen).
+    pub(crate) seq: u64,
 }
 
 fn script() -> &'static Script {
@@ -45,12 +49,13 @@ impl RedisStore {
             Membership::Add => "+",
             Membership::End => "-",
         };
-        let (online, num, total): (i64, usize, usize) = script()
+        let (online, num, total, seq): (i64, usize, usize, u64) = script()
             .key(k.online(room))
             .key(k.node_rooms(&self.node))
             .key(k.nodes())
             .key(k.members(room))
             .key(k.user_rooms(uid))
+            .key(k.seq(room))
             .arg(format!("{}:{uid}", self.node))
             .arg(conns)
             .arg(room)
@@ -58,6 +63,6 @@ impl RedisStore {
             .arg(op)
             .invoke_async(&mut self.conn())
             .await?;
-        Ok(RoomCounts { uid_online: online == 1, num, total })
+        Ok(RoomCounts { uid_online: online == 1, num, total, seq })
     }
 }
