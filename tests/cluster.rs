@@ -488,3 +488,29 @@ async fn a_node_frozen_past_its_deadline_is_given_up_then_comes_back_by_itself()
     again.login("r1").await;
     again.expect_no_event("message", QUIET).await;
 }
+
+#[tokio::test]
+async fn a_leave_on_one_node_keeps_the_membership_the_uid_still_uses_on_another() {
+    let redis = TestRedis::start();
+    let n = nodes(&redis, 2).await;
+    let mut a = Client::connect_as(&n[0], "u1", None).await;
+    a.login("r1").await;
+    let mut phone = Client::connect_as(&n[0], "u2", None).await;
+    phone.login("r1").await;
+    let mut laptop = Client::connect_as(&n[1], "u2", None).await;
+    laptop.login("r1").await;
+    phone.send_json(&json!({"event":"leave","roomid":"r1"})).await;
+    // Still in the room through the laptop: no logout, and still a member.
+    a.say("r1", "still two").await;
+    let m = a.recv_event("message").await;
+    assert_eq!((m["num"].as_u64(), m["total"].as_u64()), (Some(2), Some(2)), "{m}");
+    laptop.close().await;
+    assert_logout(&a.recv_event("logout").await, "r1", "u2", "u2", 1, 2);
+    // A member still, so offline messages are kept for it.
+    a.say_cid("r1", "for later", "c-l").await;
+    a.recv_event("ack").await;
+    let mut back = Client::connect_as(&n[1], "u2", None).await;
+    back.login("r1").await;
+    let m = back.recv_event("message").await;
+    assert_eq!((m["message"].as_str(), &m["offline"]), (Some("for later"), &json!(true)), "{m}");
+}
