@@ -163,14 +163,20 @@ impl Cluster {
 
     pub(super) async fn claim(&self, uid: &str) -> Result<bool, HubError> {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        let claimed = self.store.claim_conn(uid, self.max_per_uid).await?;
+        // A claim that failed may have landed: the next heartbeat writes the counts as this
+        // node holds them (without it), so no count leaks.
+        let claimed = self
+            .store
+            .claim_conn(uid, self.max_per_uid)
+            .await
+            .inspect_err(|_| self.dirty.store(true, Ordering::Release))?;
         if claimed {
             *self.conn_counts.locked().entry(uid.to_string()).or_insert(0) += 1;
         }
         Ok(claimed)
     }
 
-    pub(super) fn release(&self, uid: &str) {
+    pub(super) fn release(self: &Arc<Self>, uid: &str) {
         {
             let mut counts = self.conn_counts.locked();
             if let Some(n) = counts.get_mut(uid) {
@@ -180,11 +186,12 @@ impl Cluster {
                 }
             }
         }
-        let (store, uid) = (self.store.clone(), uid.to_string());
+        let (me, uid) = (self.clone(), uid.to_string());
         self.tasks.spawn(async move {
-            if let Err(e) = store.release_conn(&uid).await {
-                // Counted until this node's deadline passes if it never succeeds.
+            if let Err(e) = me.store.release_conn(&uid).await {
+                // The next heartbeat writes the counts as this node holds them.
                 tracing::warn!("releasing a connection of {uid} in redis failed: {e:#}");
+                me.dirty.store(true, Ordering::Release);
             }
         });
     }

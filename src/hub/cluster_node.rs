@@ -237,18 +237,26 @@ impl Cluster {
 
     /// The `logout`s of uids a sweep found gone from a room (their node died). Their display
     /// names went with the node: the `logout` names them by uid (docs/protocol.md).
+    /// The counts are read once per room (the sweep has removed every pair already), so a big
+    /// dead node costs a round trip per room, not per user.
     pub(super) async fn announce_gone(&self, gone: Vec<(String, String)>) {
+        let mut by_room: HashMap<String, Vec<String>> = HashMap::new();
         for (room, uid) in gone {
+            by_room.entry(room).or_default().push(uid);
+        }
+        for (room, uids) in by_room {
             let (num, total) = match self.counts(&room).await {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!("room {room}: logout of {uid} (node gone) not sent: {e:#}");
+                    tracing::warn!("room {room}: {} logouts (node gone) not sent: {e:#}", uids.len());
                     continue;
                 }
             };
-            let json =
-                protocol::logout(&LogoutOut { event: "logout", roomid: &room, uid: &uid, name: &uid, num, total });
-            self.announce(&room, json, None);
+            for uid in uids {
+                let json =
+                    protocol::logout(&LogoutOut { event: "logout", roomid: &room, uid: &uid, name: &uid, num, total });
+                self.announce(&room, json, None);
+            }
         }
     }
 
