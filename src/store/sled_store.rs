@@ -327,8 +327,14 @@ impl Store for SledStore {
                 anyhow::bail!("the store cannot flush: the disk is full or failing");
             }
             let db = inner.engine.db()?;
-            let flushed = db.flush_async().await;
-            drop(db);
+            // A blocking flush on tokio's blocking pool, not sled's `flush_async`: that runs the
+            // flush on sled 0.34's own small IO pool, and with about 8 flushes at once (rooms
+            // opening together) every pool thread waits in a flush for a log write queued
+            // behind them on that same pool: the store hangs for good (found by
+            // benches/cluster.sh; reproduced with 500 rooms of 2 joining 64 at a time).
+            let flushed = tokio::task::spawn_blocking(move || db.flush())
+                .await
+                .map_err(|e| anyhow::anyhow!("store flush task: {e}"))?;
             inner.engine.check(flushed)?;
             Ok(())
         })
