@@ -1,6 +1,6 @@
 //! `natter bench` against a real server: every message it sends must be counted as delivered
-//! exactly once, over ws and over wss (with `--ca` and with `--insecure`), and bad flags get a
-//! clear error.
+//! exactly once, over ws and over wss (with `--ca` and with `--insecure`), also spread over the
+//! nodes of a `serve --redis` cluster, and bad flags get a clear error.
 
 mod common;
 
@@ -143,6 +143,41 @@ async fn connect_scenario_reads_the_server_rss() {
     assert_eq!((r["connections"].as_u64(), r["errors"].as_u64()), (Some(20), Some(0)), "{r}");
     let rss = r["extra"].as_array().unwrap().iter().find(|e| e[0] == "server RSS idle, MiB").unwrap()[1].as_f64();
     assert!(rss.unwrap() > 1.0, "{r}");
+}
+
+/// Two `--url`s (one repeated, one as a list) against two `serve --redis` nodes: the members of
+/// every room alternate between the nodes, so each delivery to the other half crosses Redis, and
+/// every message must still reach every other member exactly once.
+#[tokio::test]
+async fn fanout_spread_over_two_redis_nodes_loses_nothing() {
+    let redis = TestRedis::start();
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let opts = ServerOpts::new().arg("--redis", redis.url()).arg("--rate-per-sec", 100_000);
+        nodes.push(Server::start(opts.arg("--rate-burst", 100_000)).await);
+    }
+    let (a, b) = (nodes[0].ws_url("/ws"), nodes[1].ws_url("/ws"));
+    let args = ["bench", "--url", &a, "--url", &b, "--secret", SECRET, "--json", "fanout", "--shapes", "3x2,1x5"];
+    let (status, out, err) = run_natter(&[&args[..], &["--warmup", "0.2", "--duration", "0.5"]].concat());
+    assert!(status.success(), "bench failed: {err}");
+    let reports: Vec<Value> = serde_json::from_str(&out).unwrap_or_else(|e| panic!("no JSON array ({e}): {out}"));
+    for (r, others) in reports.iter().zip([1, 4]) {
+        assert_all_delivered(r);
+        assert_eq!(r["expected"].as_u64().unwrap(), r["sent"].as_u64().unwrap() * others, "{r}");
+        assert_eq!(r["url"].as_str(), Some(format!("{a},{b}").as_str()), "{r}");
+    }
+    // The comma-separated form, through the latency scenario.
+    let list = format!("{a},{b}");
+    let args = ["bench", "--url", &list, "--secret", SECRET, "--json", "latency", "--members", "4", "--rate", "20"];
+    let (status, out, err) = run_natter(&[&args[..], &["--warmup", "0", "--duration", "0.5"]].concat());
+    assert!(status.success(), "bench failed: {err}");
+    let r: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("no JSON report ({e}): {out}"));
+    assert_all_delivered(&r);
+    // Both nodes had senders of their own.
+    for n in &nodes {
+        let published = metric_value(&metrics(n).await, "natter_messages_in_total").unwrap_or(0.0);
+        assert!(published > 0.0, "a node published nothing: the members were not spread");
+    }
 }
 
 /// Runs `natter bench` (blocking) beside the test's runtime, which serves the echo room.

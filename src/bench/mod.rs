@@ -23,9 +23,11 @@ use member::{Handler, Identity, Member};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Server URL: ws://HOST:PORT/PATH or wss://...
-    #[arg(long)]
-    pub url: String,
+    /// Server URL: ws://HOST:PORT/PATH or wss://... Repeat it (or give a comma-separated list)
+    /// for the nodes of a cluster: member i connects to the (i mod N)-th URL, so the members of
+    /// one room sit on different nodes.
+    #[arg(long, required = true, value_delimiter = ',')]
+    pub url: Vec<String>,
     /// wss: accept any certificate (self-signed local servers).
     #[arg(long, conflicts_with = "ca")]
     pub insecure: bool,
@@ -144,12 +146,13 @@ pub struct LatencyArgs {
 
 /// What every scenario needs: where to connect, from where, and with which tokens.
 pub struct Setup {
+    /// Every `--url`, comma-separated, as the report shows it.
     pub url: String,
     /// A number of this run, in room names and cids, so that what an earlier run left on the
     /// server (queued messages, dedupe records) is not counted in this one.
     pub run: u32,
-    target: Target,
-    sources: Vec<IpAddr>,
+    /// One per `--url`, each with the loopback source addresses to spread over (or none).
+    targets: Vec<(Target, Vec<IpAddr>)>,
     secret: Vec<u8>,
     token: Option<String>,
     concurrency: usize,
@@ -157,44 +160,25 @@ pub struct Setup {
 
 impl Setup {
     pub fn new(a: &BenchArgs) -> anyhow::Result<Setup> {
-        let (tls, rest) = if let Some(r) = a.url.strip_prefix("wss://") {
-            (true, r)
-        } else if let Some(r) = a.url.strip_prefix("ws://") {
-            (false, r)
-        } else {
-            bail!("--url must start with ws:// or wss://");
-        };
-        let (hostport, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
-        let with_port = if hostport.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
-            hostport.to_string()
-        } else {
-            format!("{hostport}:{}", if tls { 443 } else { 80 })
-        };
-        let addr = with_port
-            .to_socket_addrs()
-            .with_context(|| format!("--url: cannot resolve {with_port}"))?
-            .next()
-            .with_context(|| format!("--url: no address for {with_port}"))?;
-        let tls = if tls {
-            let config = client::tls_config(a.ca.as_deref(), a.insecure)?;
-            let host = hostport.rsplit_once(':').map(|(h, _)| h).unwrap_or(hostport).trim_matches(['[', ']']);
-            let name = rustls_pki_types::ServerName::try_from(host.to_string())
-                .with_context(|| format!("--url: {host} is not a valid TLS server name"))?;
-            Some((tokio_rustls::TlsConnector::from(config), name))
-        } else {
-            None
-        };
-        let sources = match addr {
-            SocketAddr::V4(v4) if v4.ip().is_loopback() && a.sources > 1 => {
-                (1..=a.sources).map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i))).collect()
+        anyhow::ensure!(a.url.iter().all(|u| !u.trim().is_empty()), "--url: an empty URL in the list");
+        // One TLS config for every wss:// URL (the same trust, whichever node), made when the
+        // first one needs it.
+        let mut tls = None;
+        let tls_for = |tls: &mut Option<tokio_rustls::TlsConnector>| -> anyhow::Result<tokio_rustls::TlsConnector> {
+            if tls.is_none() {
+                *tls = Some(tokio_rustls::TlsConnector::from(client::tls_config(a.ca.as_deref(), a.insecure)?));
             }
-            _ => vec![],
+            Ok(tls.clone().expect("just set"))
         };
+        let targets = a
+            .url
+            .iter()
+            .map(|u| target_of(u.trim(), || tls_for(&mut tls), a.sources))
+            .collect::<anyhow::Result<_>>()?;
         Ok(Setup {
-            url: a.url.clone(),
+            url: a.url.iter().map(|u| u.trim()).collect::<Vec<_>>().join(","),
             run: rand::random::<u32>() % 1_000_000,
-            target: Target { addr, host: hostport.to_string(), path, tls },
-            sources,
+            targets,
             secret: a.secret.as_bytes().to_vec(),
             token: a.token.clone(),
             concurrency: a.connect_concurrency.max(1),
@@ -237,8 +221,8 @@ impl Setup {
         let mut tasks = Vec::with_capacity(n as usize);
         for i in first..first + n {
             let id = Identity { index: i, token: self.token_for(i)?, room: room_of(i) };
-            let target = self.target.clone();
-            let source = (!self.sources.is_empty()).then(|| self.sources[i as usize % self.sources.len()]);
+            let (target, sources) = &self.targets[i as usize % self.targets.len()];
+            let (target, source) = (target.clone(), (!sources.is_empty()).then(|| sources[i as usize % sources.len()]));
             let (sem, handler) = (sem.clone(), handler.clone());
             tasks.push(tokio::spawn(async move {
                 let _permit = sem.acquire_owned().await.expect("never closed");
@@ -251,6 +235,49 @@ impl Setup {
         }
         Ok((members, start.elapsed()))
     }
+}
+
+/// One `--url` resolved: address, Host header, path, TLS name; and, on IPv4 loopback with
+/// `--sources` above 1, the source addresses 127.0.0.1 .. 127.0.0.N.
+fn target_of(
+    url: &str,
+    connector: impl FnOnce() -> anyhow::Result<tokio_rustls::TlsConnector>,
+    sources: u8,
+) -> anyhow::Result<(Target, Vec<IpAddr>)> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("wss://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("ws://") {
+        (false, r)
+    } else {
+        bail!("--url must start with ws:// or wss://");
+    };
+    let (hostport, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let with_port = if hostport.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:{}", if tls { 443 } else { 80 })
+    };
+    let addr = with_port
+        .to_socket_addrs()
+        .with_context(|| format!("--url: cannot resolve {with_port}"))?
+        .next()
+        .with_context(|| format!("--url: no address for {with_port}"))?;
+    let tls = if tls {
+        let connector = connector()?;
+        let host = hostport.rsplit_once(':').map(|(h, _)| h).unwrap_or(hostport).trim_matches(['[', ']']);
+        let name = rustls_pki_types::ServerName::try_from(host.to_string())
+            .with_context(|| format!("--url: {host} is not a valid TLS server name"))?;
+        Some((connector, name))
+    } else {
+        None
+    };
+    let sources = match addr {
+        SocketAddr::V4(v4) if v4.ip().is_loopback() && sources > 1 => {
+            (1..=sources).map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i))).collect()
+        }
+        _ => vec![],
+    };
+    Ok((Target { addr, host: hostport.to_string(), path, tls }, sources))
 }
 
 /// Run one scenario on a single-threaded runtime: the load generator gets one core, like the
