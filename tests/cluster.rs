@@ -514,3 +514,25 @@ async fn a_leave_on_one_node_keeps_the_membership_the_uid_still_uses_on_another(
     let m = back.recv_event("message").await;
     assert_eq!((m["message"].as_str(), &m["offline"]), (Some("for later"), &json!(true)), "{m}");
 }
+
+#[tokio::test]
+async fn a_redis_error_that_is_not_an_outage_is_internal_not_unavailable() {
+    let redis = TestRedis::start();
+    let n = nodes(&redis, 1).await;
+    let mut a = Client::connect_as(&n[0], "u1", None).await;
+    a.login("r1").await;
+    // Something else wrote the room's history key as a string: no retry will cure that.
+    let port = redis.port().to_string();
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port, "SET", "natter:room:{r1}:history", "not a list"])
+        .output()
+        .expect("redis-cli (Debian's redis-tools, beside redis-server)");
+    assert!(out.status.success());
+    a.say_cid("r1", "hi", "c-1").await;
+    let e = a.recv_event("error").await;
+    assert_eq!(e["code"], "internal", "{e}");
+    // The connection stays up and the other rooms work.
+    a.login("r2").await;
+    a.say_cid("r2", "fine", "c-2").await;
+    assert_eq!(a.recv_event("ack").await["roomid"], "r2");
+}

@@ -22,7 +22,7 @@ use crate::broker::redis::RedisBroker;
 use crate::broker::{Broker, Conns, Kind, Publication, RoomSubs, Subscribers};
 use crate::metrics::Metrics;
 use crate::protocol::{self, LoginOut, LogoutOut, MessageOut};
-use crate::store::redis_store::{Membership, Outcome, Publish, RedisStore, RoomCounts, Template};
+use crate::store::redis_store::{is_unavailable, Membership, Outcome, Publish, RedisStore, RoomCounts, Template};
 use crate::sync::LockExt;
 use crate::wire;
 
@@ -169,7 +169,8 @@ impl Cluster {
             .store
             .claim_conn(uid, self.max_per_uid)
             .await
-            .inspect_err(|_| self.dirty.store(true, Ordering::Release))?;
+            .inspect_err(|_| self.dirty.store(true, Ordering::Release))
+            .map_err(store_err)?;
         if claimed {
             *self.conn_counts.locked().entry(uid.to_string()).or_insert(0) += 1;
         }
@@ -221,7 +222,7 @@ impl Cluster {
         since: Option<u64>,
     ) -> Result<Joined, HubError> {
         if self.max_rooms_per_uid != usize::MAX {
-            let rooms = self.store.user_rooms(who.uid).await?;
+            let rooms = self.store.user_rooms(who.uid).await.map_err(store_err)?;
             if rooms.len() >= self.max_rooms_per_uid && !rooms.iter().any(|r| r == roomid) {
                 return Err(HubError::TooManyRooms(self.max_rooms_per_uid));
             }
@@ -266,7 +267,7 @@ impl Cluster {
         g.counted = is_new;
         let RoomCounts { num, total, .. } = match self.store.set_presence(roomid, who.uid, n, m).await {
             Ok(counts) => counts,
-            Err(e) => return Err(e.into()), // the guard undoes it
+            Err(e) => return Err(store_err(e)), // the guard undoes it
         };
         g.here.names.insert(uid.clone(), who.name.to_string());
         let catch_up = self.read_catch_up(who.uid, roomid, since).await;
@@ -380,7 +381,7 @@ impl Cluster {
             cid,
         });
         let p = Publish { room: roomid, uid: who.uid, cid, template: &template, now_ms: now };
-        let (id, acked_room) = match self.store.publish(&p).await? {
+        let (id, acked_room) = match self.store.publish(&p).await.map_err(store_err)? {
             Outcome::Published(m) => {
                 self.metrics.messages_in.inc();
                 (m.id, roomid.to_string())
@@ -466,8 +467,12 @@ impl Cluster {
             return Ok(0); // the node's presence is gone already (`leave_node`)
         }
         let m = if end_membership && left == 0 { Membership::End } else { Membership::Keep };
-        let counts =
-            self.store.set_presence(roomid, who.uid, left, m).await.inspect_err(|e| self.presence_failed(e))?;
+        let counts = self
+            .store
+            .set_presence(roomid, who.uid, left, m)
+            .await
+            .inspect_err(|e| self.presence_failed(e))
+            .map_err(store_err)?;
         if left == 0 && !counts.uid_online {
             let RoomCounts { num, total, .. } = counts;
             let json =
@@ -506,9 +511,13 @@ impl Cluster {
     }
 }
 
-impl From<redis::RedisError> for HubError {
-    fn from(e: redis::RedisError) -> Self {
-        HubError::Unavailable(e.into())
+/// A Redis store error as the client hears it: `unavailable` for an outage (try again),
+/// `internal` for anything else.
+fn store_err(e: anyhow::Error) -> HubError {
+    if is_unavailable(&e) {
+        HubError::Unavailable(e)
+    } else {
+        HubError::Internal(e)
     }
 }
 

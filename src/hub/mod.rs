@@ -67,8 +67,12 @@ pub enum HubError {
     NotInRoom,
     /// A join that would make the uid a member of more rooms than it may be (the limit).
     TooManyRooms(usize),
-    /// The store could not take the write (disk full, ...): nothing was published or joined.
+    /// The store could not take the write (disk full, Redis unreachable, ...): nothing was
+    /// published or joined; the client tries again later.
     Unavailable(anyhow::Error),
+    /// The store answered with an error that waiting will not cure (scaled out: a Redis error
+    /// other than an outage, e.g. a key of the wrong type): a bug or a foreign write.
+    Internal(anyhow::Error),
 }
 
 /// What `join` did.

@@ -230,8 +230,12 @@ impl Session {
                 &format!("a user can be a member of at most {max} rooms: leave one first"),
             ),
             HubError::Unavailable(e) => {
-                tracing::error!("store error: {e:#}");
+                tracing::warn!("store unavailable: {e:#}");
                 self.error(ErrorCode::Unavailable, "the store cannot take this now, try again")
+            }
+            HubError::Internal(e) => {
+                tracing::error!("store error: {e:#}");
+                self.error(ErrorCode::Internal, "internal error")
             }
         }
     }
