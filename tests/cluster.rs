@@ -237,12 +237,7 @@ async fn a_killed_node_takes_its_presence_with_it_and_the_others_keep_chatting()
             .push(publish_until_acked(&mut a, "r1", &format!("m{i}"), &format!("c{i}"), Duration::from_secs(10)).await);
     }
     // Within the node TTL (15 s) and a sweep (5 s): u3's logout, with the counts without it.
-    let lo = loop {
-        let v = b.recv_json_within(Duration::from_secs(30)).await;
-        if v["event"] == "logout" {
-            break v;
-        }
-    };
+    let lo = b.recv_event_within("logout", Duration::from_secs(30)).await;
     assert_eq!((lo["uid"].as_str(), lo["num"].as_u64(), lo["total"].as_u64()), (Some("u3"), Some(2), Some(3)), "{lo}");
     // From then on u3 is offline: what is published is queued for it.
     let after = publish_until_acked(&mut a, "r1", "after the crash", "c-after", Duration::from_secs(10)).await;
@@ -464,21 +459,11 @@ async fn a_node_frozen_past_its_deadline_is_given_up_then_comes_back_by_itself()
     // SIGSTOP: no heartbeat, but its connections stay open (the kernel keeps the sockets).
     let pid = n[1].pid() as i32;
     unsafe { libc::kill(pid, libc::SIGSTOP) };
-    let lo = loop {
-        let v = a.recv_json_within(Duration::from_secs(30)).await;
-        if v["event"] == "logout" {
-            break v;
-        }
-    };
+    let lo = a.recv_event_within("logout", Duration::from_secs(30)).await;
     assert_eq!((lo["uid"].as_str(), lo["num"].as_u64()), (Some("u2"), Some(1)), "{lo}");
     unsafe { libc::kill(pid, libc::SIGCONT) };
     // Within a heartbeat or two it notices, writes its presence again and says so.
-    let back = loop {
-        let v = a.recv_json_within(Duration::from_secs(15)).await;
-        if v["event"] == "login" {
-            break v;
-        }
-    };
+    let back = a.recv_event_within("login", Duration::from_secs(15)).await;
     assert_login(&back, "r1", "u2", "Bob", 2, 2);
     // u2 is online again: a message reaches it live, not through its queue.
     a.say("r1", "welcome back").await;

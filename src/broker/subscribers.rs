@@ -19,13 +19,20 @@ const SHARDS: usize = 64;
 struct Sub {
     uid: Arc<str>,
     outbox: Arc<Outbox>,
-    /// While a join catches the connection up (scaled out, where the catch-up is read with
-    /// no lock held): the publications delivered meanwhile, in order, each with its message
-    /// id, held back until `activate`. `None` for a live connection (the usual case: no lock).
-    pending: Option<Mutex<Vec<Held>>>,
+    state: SubState,
+}
+
+/// Where a connection of the room stands; one check per recipient in `deliver`.
+enum SubState {
+    /// Gets every publication (the usual case: no lock).
+    Live,
+    /// A join catches it up (scaled out, where the catch-up is read with no lock held): the
+    /// publications delivered meanwhile, in order, each with its message id, held back until
+    /// `activate`.
+    Pending(Mutex<Vec<Held>>),
     /// Its session has ended and its removal is on the way (scaled out, that takes a Redis
     /// write): it refuses everything, so its uid is reported missed and gets it queued.
-    gone: bool,
+    Gone,
 }
 
 /// A publication held for a pending connection: its message id (`None` for presence) and
@@ -63,17 +70,18 @@ pub struct Conns {
 impl Conns {
     /// Adds a connection; true when it was not there yet.
     pub fn add(&mut self, id: ConnId, uid: Arc<str>, outbox: Arc<Outbox>) -> bool {
-        self.map.insert(id, Sub { uid, outbox, pending: None, gone: false }).is_none()
+        self.map.insert(id, Sub { uid, outbox, state: SubState::Live }).is_none()
     }
 
-    /// Adds a connection as pending: what is delivered to it is held (see `Sub::pending`)
+    /// Adds a connection as pending: what is delivered to it is held (`SubState::Pending`)
     /// until `activate`. A connection already here becomes pending again (a repeated join
     /// with `since` catches it up once more). It counts as receiving: never "missed".
     pub(crate) fn add_pending(&mut self, id: ConnId, uid: Arc<str>, outbox: Arc<Outbox>) {
         match self.map.get_mut(&id) {
-            Some(s) => s.pending = Some(Mutex::default()),
+            Some(s) if matches!(s.state, SubState::Gone) => {}
+            Some(s) => s.state = SubState::Pending(Mutex::default()),
             None => {
-                self.map.insert(id, Sub { uid, outbox, pending: Some(Mutex::default()), gone: false });
+                self.map.insert(id, Sub { uid, outbox, state: SubState::Pending(Mutex::default()) });
             }
         }
     }
@@ -82,22 +90,27 @@ impl Conns {
     /// caller sends its catch-up and then these, in the same critical section, so that no
     /// publication overtakes them. Empty for a connection that was not pending.
     pub(crate) fn activate(&mut self, id: ConnId) -> Vec<Held> {
-        let held = self.map.get_mut(&id).and_then(|s| s.pending.take());
-        held.map(|h| h.into_inner().unwrap_or_else(|p| p.into_inner())).unwrap_or_default()
+        let Some(s) = self.map.get_mut(&id) else { return Vec::new() };
+        match std::mem::replace(&mut s.state, SubState::Live) {
+            SubState::Pending(held) => held.into_inner().unwrap_or_else(|p| p.into_inner()),
+            other => {
+                s.state = other;
+                Vec::new()
+            }
+        }
     }
 
     /// The connection's session ended: from now on it refuses every publication (see
-    /// `Sub::gone`), until it is removed.
+    /// `SubState::Gone`), until it is removed.
     pub(crate) fn mark_gone(&mut self, id: ConnId) {
         if let Some(s) = self.map.get_mut(&id) {
-            s.gone = true;
-            s.pending = None;
+            s.state = SubState::Gone;
         }
     }
 
     /// Whether the connection is here and live (not pending).
     pub(crate) fn is_live(&self, id: ConnId) -> bool {
-        self.map.get(&id).is_some_and(|s| s.pending.is_none())
+        self.map.get(&id).is_some_and(|s| !matches!(s.state, SubState::Pending(_)))
     }
 
     /// Removes a connection; its uid when it was there.
@@ -136,17 +149,20 @@ impl Conns {
             if Some(*id) == p.except {
                 continue;
             }
-            if s.gone {
-                refused.push(&s.uid);
-                continue;
-            }
-            if let Some(held) = &s.pending {
-                let id = match p.kind {
-                    super::Kind::Message { id, .. } => Some(id),
-                    super::Kind::Presence => None,
-                };
-                held.locked().push((id, p.frame.clone()));
-                continue;
+            match &s.state {
+                SubState::Live => {}
+                SubState::Pending(held) => {
+                    let id = match p.kind {
+                        super::Kind::Message { id, .. } => Some(id),
+                        super::Kind::Presence => None,
+                    };
+                    held.locked().push((id, p.frame.clone()));
+                    continue;
+                }
+                SubState::Gone => {
+                    refused.push(&s.uid);
+                    continue;
+                }
             }
             match s.outbox.push(p.frame.clone()) {
                 Pushed::Queued => n += 1,
@@ -164,7 +180,8 @@ impl Conns {
     fn without_live<'a>(&self, uids: impl Iterator<Item = &'a Arc<str>>) -> Missed {
         let mut out: Missed = Vec::new();
         for u in uids {
-            let live = self.map.values().any(|s| s.uid == *u && !s.gone && !s.outbox.is_closing());
+            let live =
+                self.map.values().any(|s| s.uid == *u && !matches!(s.state, SubState::Gone) && !s.outbox.is_closing());
             if !live && !out.contains(u) {
                 out.push(u.clone());
             }

@@ -102,14 +102,6 @@ impl Cluster {
         }
     }
 
-    /// `num` (uids online on live nodes) and `total` (members) as Redis has them now.
-    pub(super) async fn counts(&self, room: &str) -> anyhow::Result<(usize, usize)> {
-        let num = self.store.online(room).await?.len();
-        let total: usize =
-            redis::cmd("SCARD").arg(self.store.keys.members(room)).query_async(&mut self.store.conn()).await?;
-        Ok((num, total))
-    }
-
     /// A presence write that failed: logged, and rewritten by the next heartbeat.
     fn presence_failed(&self, e: &anyhow::Error) {
         tracing::warn!("presence write failed (written again at the next heartbeat): {e:#}");

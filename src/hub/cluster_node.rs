@@ -212,7 +212,7 @@ impl Cluster {
         for (room, uid, name) in names {
             let (num, total) = match counts.get(&room) {
                 Some(c) => *c,
-                None => match self.counts(&room).await {
+                None => match self.store.room_counts(&room).await {
                     Ok(c) => *counts.entry(room.clone()).or_insert(c),
                     Err(e) => {
                         tracing::warn!("room {room}: login of {uid} (node back) not sent: {e:#}");
@@ -245,7 +245,7 @@ impl Cluster {
             by_room.entry(room).or_default().push(uid);
         }
         for (room, uids) in by_room {
-            let (num, total) = match self.counts(&room).await {
+            let (num, total) = match self.store.room_counts(&room).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!("room {room}: {} logouts (node gone) not sent: {e:#}", uids.len());
@@ -299,11 +299,9 @@ fn node_id() -> String {
     format!("{host}-{}-{:08x}", std::process::id(), h.finish() as u32)
 }
 
-/// `host:port` of a Redis URL (no user or password).
+/// `host:port` of a Redis URL (no user or password), as redis-rs reads it.
 fn server_of(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?']).next().unwrap_or("");
-    authority.rsplit_once('@').map_or(authority, |(_, h)| h).to_string()
+    redis::IntoConnectionInfo::into_connection_info(url).map(|i| i.addr().to_string()).unwrap_or_default()
 }
 
 fn root_cause(e: &anyhow::Error) -> String {

@@ -66,3 +66,13 @@ impl RedisStore {
         Ok(RoomCounts { uid_online: online == 1, num, total, seq })
     }
 }
+
+impl RedisStore {
+    /// `num` (distinct uids online on live nodes) and `total` (members) of `room` now, without
+    /// a presence change (the `logout`s of a sweep, the `login`s after a reannounce).
+    pub(crate) async fn room_counts(&self, room: &str) -> Result<(usize, usize)> {
+        let num = self.online(room).await?.len();
+        let total: usize = redis::cmd("SCARD").arg(self.keys.members(room)).query_async(&mut self.conn()).await?;
+        Ok((num, total))
+    }
+}

@@ -90,7 +90,12 @@ impl Client {
 
     /// First event named `event` (others are discarded).
     pub async fn recv_event(&mut self, event: &str) -> Value {
-        let deadline = Instant::now() + RECV_TIMEOUT;
+        self.recv_event_within(event, RECV_TIMEOUT).await
+    }
+
+    /// [`Client::recv_event`] with a longer wait (e.g. a node's liveness deadline).
+    pub async fn recv_event_within(&mut self, event: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.recv(left).await {
