@@ -208,3 +208,14 @@ async fn a_fast_server_gets_every_frame_counted() {
             .await;
     assert_all_delivered(&r);
 }
+
+/// Two runs at once on a server that sends everything to everyone (the echo room ignores
+/// rooms): each counts its own messages only, none of the other's as deliveries or duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runs_on_one_echo_room_count_only_their_own() {
+    let url = format!("ws://{}/", common::echo_room::start_echo_room().await);
+    let args = ["fanout", "--members", "3", "--warmup", "0.2", "--duration", "1"];
+    let (a, b) = tokio::join!(bench_at(url.clone(), &args), bench_at(url.clone(), &args));
+    assert_all_delivered(&a);
+    assert_all_delivered(&b);
+}

@@ -32,6 +32,7 @@ struct RoomSync {
 
 struct Fanout {
     stats: Arc<Stats>,
+    run: u32,
     m: u32,
     rooms: Vec<RoomSync>,
     /// Last sequence each receiver saw from each sender of its room: `receiver * m + sender % m`.
@@ -40,7 +41,7 @@ struct Fanout {
 
 impl Handler for Fanout {
     fn on_text(&self, member: u32, frame: &[u8]) {
-        let Some(mark) = payload::parse(frame) else {
+        let Some(mark) = payload::parse(frame, self.run) else {
             if super::client::find(frame, br#""event":"error""#).is_some() {
                 self.stats.errors.fetch_add(1, Relaxed); // e.g. rate_limited: the server refused it
                 if super::client::find(frame, br#""code":"rate_limited""#).is_some() {
@@ -79,6 +80,7 @@ pub async fn run(setup: &Setup, o: Opts) -> anyhow::Result<Report> {
     let stats = Arc::new(Stats::default());
     let handler = Arc::new(Fanout {
         stats: stats.clone(),
+        run: setup.run,
         m: o.members,
         rooms: (0..o.rooms)
             .map(|_| RoomSync { round: AtomicU64::new(0), pending: AtomicU64::new(0), done: Notify::new() })
@@ -96,7 +98,7 @@ pub async fn run(setup: &Setup, o: Opts) -> anyhow::Result<Report> {
         None => (0..o.rooms)
             .map(|r| tokio::spawn(closed_loop(handler.clone(), members.clone(), r, o.size, stop.clone())))
             .collect(),
-        Some(rate) => vec![tokio::spawn(open_loop(stats.clone(), members.clone(), rate, o.size, stop.clone()))],
+        Some(rate) => vec![tokio::spawn(open_loop(stats.clone(), members.clone(), run, rate, o.size, stop.clone()))],
     };
     tokio::time::sleep(o.warmup).await;
     stats.reset_latency();
@@ -162,7 +164,7 @@ async fn closed_loop(
         sync.round.store(round, Relaxed);
         let t = h.stats.now_micros();
         for member in mine {
-            member.say(&payload::text(member.index, round, t, size));
+            member.say(&payload::text(h.run, member.index, round, t, size));
         }
         h.stats.sent.fetch_add(m as u64, Relaxed);
         tokio::select! {
@@ -180,6 +182,7 @@ async fn closed_loop(
 async fn open_loop(
     stats: Arc<Stats>,
     members: Arc<Vec<Member>>,
+    run: u32,
     rate: f64,
     size: usize,
     stop: tokio_util::sync::CancellationToken,
@@ -198,7 +201,7 @@ async fn open_loop(
         while sent < due {
             seq[next] += 1;
             let m = &members[next];
-            m.say(&payload::text(m.index, seq[next], t, size));
+            m.say(&payload::text(run, m.index, seq[next], t, size));
             sent += 1;
             stats.sent.fetch_add(1, Relaxed);
             next = (next + 1) % members.len();

@@ -25,6 +25,7 @@ const WINDOW: u64 = 64;
 
 struct Offline {
     stats: Arc<Stats>,
+    run: u32,
     senders: u32,
     acks: AtomicU64,
     /// Acks per sender, and a doorbell each for the sending loop.
@@ -53,7 +54,7 @@ impl Handler for Offline {
             }
             return;
         }
-        let Some(mark) = payload::parse(frame) else { return };
+        let Some(mark) = payload::parse(frame, self.run) else { return };
         if mark.sender >= self.senders {
             return;
         }
@@ -78,6 +79,7 @@ pub async fn run(setup: &Setup, o: Opts) -> anyhow::Result<Report> {
     let stats = Arc::new(Stats::default());
     let h = Arc::new(Offline {
         stats: stats.clone(),
+        run: setup.run,
         senders: o.senders,
         acks: AtomicU64::new(0),
         acked: (0..o.senders).map(|_| AtomicU64::new(0)).collect(),
@@ -115,7 +117,7 @@ pub async fn run(setup: &Setup, o: Opts) -> anyhow::Result<Report> {
                             return;
                         }
                     }
-                    let text = payload::text(snd.index, seq, stats.now_micros(), size);
+                    let text = payload::text(run, snd.index, seq, stats.now_micros(), size);
                     snd.send_json(&format!(
                         r#"{{"event":"message","roomid":"{room}","message":"{text}","cid":"c{run}-{}-{seq}"}}"#,
                         snd.index

@@ -1,9 +1,11 @@
-//! The bench's message text: sender, sequence and send time in a marker any room-broadcast
+//! The bench's message text: run, sender, sequence and send time in a marker any room-broadcast
 //! server passes through unchanged (plain ASCII, nothing JSON must escape), padded to `--size`.
+//! The run number keeps two runs apart on a server that sends every room's traffic to everyone
+//! (a minimal echo server): another run's messages are not this run's deliveries.
 
-/// `~nb|SENDER|SEQ|MICROS|~` then `x` padding.
-pub fn text(sender: u32, seq: u64, micros: u64, size: usize) -> String {
-    let mut s = format!("~nb|{sender}|{seq}|{micros}|~");
+/// `~nb|RUN|SENDER|SEQ|MICROS|~` then `x` padding.
+pub fn text(run: u32, sender: u32, seq: u64, micros: u64, size: usize) -> String {
+    let mut s = format!("~nb|{run}|{sender}|{seq}|{micros}|~");
     while s.len() < size {
         s.push('x');
     }
@@ -18,10 +20,11 @@ pub struct Mark {
     pub micros: u64,
 }
 
-/// Find and read the marker anywhere in a frame (the servers wrap it in JSON of their own).
-pub fn parse(frame: &[u8]) -> Option<Mark> {
+/// Find and read the marker of run `run` anywhere in a frame (the servers wrap it in JSON of
+/// their own); a frame of another run is not a bench message of this one.
+pub fn parse(frame: &[u8], run: u32) -> Option<Mark> {
     let start = super::client::find(frame, b"~nb|")? + 4;
-    let mut fields = [0u64; 3];
+    let mut fields = [0u64; 4];
     let mut i = start;
     for f in &mut fields {
         let mut any = false;
@@ -40,7 +43,11 @@ pub fn parse(frame: &[u8]) -> Option<Mark> {
             return None;
         }
     }
-    (frame.get(i) == Some(&b'~')).then(|| Mark { sender: fields[0] as u32, seq: fields[1], micros: fields[2] })
+    (frame.get(i) == Some(&b'~') && fields[0] == run as u64).then(|| Mark {
+        sender: fields[1] as u32,
+        seq: fields[2],
+        micros: fields[3],
+    })
 }
 
 /// Records `seq` as the latest seen from one sender by one receiver; false when it is not newer
@@ -60,11 +67,12 @@ mod tests {
 
     #[test]
     fn marks_round_trip_inside_json() {
-        let t = text(17, 4, 123_456, 64);
+        let t = text(9, 17, 4, 123_456, 64);
         assert_eq!(t.len(), 64);
         let frame = format!(r#"{{"event":"message","message":"{t}","num":3}}"#);
-        assert_eq!(parse(frame.as_bytes()), Some(Mark { sender: 17, seq: 4, micros: 123_456 }));
-        assert_eq!(parse(b"~nb|1|2|~"), None);
-        assert_eq!(parse(b"no marker"), None);
+        assert_eq!(parse(frame.as_bytes(), 9), Some(Mark { sender: 17, seq: 4, micros: 123_456 }));
+        assert_eq!(parse(frame.as_bytes(), 8), None, "another run's message");
+        assert_eq!(parse(b"~nb|9|1|2|~", 9), None);
+        assert_eq!(parse(b"no marker", 9), None);
     }
 }
