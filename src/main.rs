@@ -18,6 +18,11 @@ use natter::supervise::supervise;
 /// could not start); clap's own usage errors exit 2 as well.
 const EXIT_FAILURE: i32 = 2;
 
+/// mimalloc, not glibc's malloc: under small-room load the store's sled inserts and the
+/// per-publish buffers made malloc and free about an eighth of the server's core (BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("NATTER_LOG").unwrap_or_else(|_| "info".into());

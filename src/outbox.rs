@@ -146,10 +146,7 @@ impl Outbox {
         loop {
             {
                 let mut st = self.state.locked();
-                if !st.queue.is_empty() {
-                    st.in_flight = st.queue.len();
-                    st.in_flight_bytes = st.queue.iter().map(Bytes::len).sum();
-                    into.extend(st.queue.drain(..));
+                if Self::move_queued(&mut st, into) {
                     return None;
                 }
                 if let Some(c) = &st.close {
@@ -158,6 +155,22 @@ impl Outbox {
             }
             self.wake.notified().await;
         }
+    }
+
+    /// Writer side: adds whatever was queued since `take` to `into`, without waiting.
+    pub fn take_more(&self, into: &mut Vec<Bytes>) {
+        Self::move_queued(&mut self.state.locked(), into);
+    }
+
+    /// Moves the queue into the writer's hands (counted in flight until `written`).
+    fn move_queued(st: &mut State, into: &mut Vec<Bytes>) -> bool {
+        if st.queue.is_empty() {
+            return false;
+        }
+        st.in_flight += st.queue.len();
+        st.in_flight_bytes += st.queue.iter().map(Bytes::len).sum::<usize>();
+        into.extend(st.queue.drain(..));
+        true
     }
 
     /// Writer side, when idle: give the queue's spare capacity back.

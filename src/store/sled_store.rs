@@ -28,6 +28,9 @@ pub struct Inner {
     /// queue bookkeeping that makes a queue push a point operation instead of a scan, and the
     /// writes not yet applied.
     writer: Mutex<Writer>,
+    /// Held by whoever moves the overlay into sled (one at a time, so that batches reach sled
+    /// in the order they were staged). Taken before `writer`, never after it.
+    apply_lock: Mutex<()>,
     /// Wakes the applier when the overlay gets its first write.
     signal: Arc<Signal>,
 }
@@ -44,7 +47,21 @@ struct Writer {
     queues: Queues,
     /// Dedupe records per uid (age index entries), loaded on first use like the queues.
     dedupes: HashMap<String, u64>,
+    /// Each room's (last id, last history position), as its seq key holds them, once read: a
+    /// publish then reads nothing from sled, whose reads wait while the applier's batch holds
+    /// sled's write lock (BENCHMARKS.md).
+    seqs: HashMap<String, (u64, u64)>,
     pending: Pending,
+    /// The overlay the applier is putting into sled right now, with no lock held: reads look
+    /// through it (under `pending`) until sled has it. Empty otherwise.
+    applying: Arc<Pending>,
+}
+
+impl Writer {
+    /// The overlay layers, newest first, as point reads must see them.
+    fn overlay(&self) -> [&Pending; 2] {
+        [&self.pending, &self.applying]
+    }
 }
 
 pub use super::values::{parse_entry, Entry};
@@ -73,7 +90,13 @@ impl SledStore {
             tracing::info!("store: {moved} entries upgraded to the current layout");
         }
         drop(db);
-        let inner = Arc::new(Inner { engine, bounds, writer: Mutex::default(), signal: signal.clone() });
+        let inner = Arc::new(Inner {
+            engine,
+            bounds,
+            writer: Mutex::default(),
+            apply_lock: Mutex::default(),
+            signal: signal.clone(),
+        });
         let weak = Arc::downgrade(&inner);
         let applier = std::thread::Builder::new()
             .name("natter-store".into())
@@ -184,7 +207,7 @@ impl Store for SledStore {
     fn last_id(&self, room: &str) -> Result<u64> {
         let w = self.lock();
         let get = |k: Key| -> Result<u64> {
-            Ok(self.get(&[&w.pending], &k.encode())?.map(|v| val::u64_at(&v, 0)).unwrap_or(0))
+            Ok(self.get(&w.overlay(), &k.encode())?.map(|v| val::u64_at(&v, 0)).unwrap_or(0))
         };
         Ok(get(Key::Seq { room: room.into() })?.max(get(Key::SeqReserved { room: room.into() })?))
     }
@@ -218,7 +241,10 @@ impl Store for SledStore {
         // error half-way leaves nothing behind.
         let mut staged = Pending::default();
         let seq_key = Key::Seq { room: a.room.into() }.encode();
-        let (prev, last_pos) = self.get(&[&w.pending], &seq_key)?.map(|v| val::parse_seq(&v)).unwrap_or((0, 0));
+        let (prev, last_pos) = match w.seqs.get(a.room) {
+            Some(&seq) => seq,
+            None => self.get(&w.overlay(), &seq_key)?.map(|v| val::parse_seq(&v)).unwrap_or((0, 0)),
+        };
         let pos = last_pos + 1;
         staged.0.insert(seq_key, Some(val::seq(a.id, pos)));
         staged.0.insert(keys::history_key(a.room, pos), Some(val::stored(a.id, prev, a.json)));
@@ -239,6 +265,10 @@ impl Store for SledStore {
             None => None,
         };
         self.merge(w, staged, updated, dedupes)?;
+        match w.seqs.get_mut(a.room) {
+            Some(seq) => *seq = (a.id, pos),
+            None => drop(w.seqs.insert(a.room.to_string(), (a.id, pos))),
+        }
         Ok(prev)
     }
 
@@ -293,7 +323,7 @@ impl Store for SledStore {
     }
 
     fn dedupe_get(&self, uid: &str, cid: &str, now_ms: u64) -> Result<Option<(String, u64)>> {
-        let v = self.get(&[&self.lock().pending], &Key::Dedupe { uid: uid.into(), cid: cid.into() }.encode())?;
+        let v = self.get(&self.lock().overlay(), &Key::Dedupe { uid: uid.into(), cid: cid.into() }.encode())?;
         Ok(v.as_deref()
             .and_then(val::parse_dedupe)
             .and_then(|(ts, id, room)| (ts + self.bounds.dedupe_ttl_ms > now_ms).then(|| (room.to_string(), id))))
@@ -318,25 +348,26 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> FlushFuture {
-        // Everything appended before this call goes into the flush.
-        let applied = self.settled().map(drop);
+        // Everything appended before this call goes into the flush: the overlay is applied on
+        // the blocking pool first (it may wait for a batch in flight), never on a tokio worker.
         let inner = self.inner.clone();
         Box::pin(async move {
-            applied?;
-            if inner.engine.is_broken() {
-                anyhow::bail!("the store cannot flush: the disk is full or failing");
-            }
-            let db = inner.engine.db()?;
             // A blocking flush on tokio's blocking pool, not sled's `flush_async`: that runs the
             // flush on sled 0.34's own small IO pool, and with about 8 flushes at once (rooms
             // opening together) every pool thread waits in a flush for a log write queued
             // behind them on that same pool: the store hangs for good (found by
             // benches/cluster.sh; reproduced with 500 rooms of 2 joining 64 at a time).
-            let flushed = tokio::task::spawn_blocking(move || db.flush())
-                .await
-                .map_err(|e| anyhow::anyhow!("store flush task: {e}"))?;
-            inner.engine.check(flushed)?;
-            Ok(())
+            let flushed = tokio::task::spawn_blocking(move || {
+                drop(inner.settled()?);
+                if inner.engine.is_broken() {
+                    anyhow::bail!("the store cannot flush: the disk is full or failing");
+                }
+                let db = inner.engine.db()?;
+                inner.engine.check(db.flush())
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("store flush task: {e}"))?;
+            flushed.map(drop)
         })
     }
 }

@@ -35,7 +35,7 @@ impl Inner {
     ) -> Result<u64> {
         let mut len = self.dedupe_len(w, uid)?;
         let rec = Key::Dedupe { uid: uid.into(), cid: cid.into() }.encode();
-        match self.get(&[&w.pending], &rec)?.as_deref().and_then(val::parse_dedupe) {
+        match self.get(&w.overlay(), &rec)?.as_deref().and_then(val::parse_dedupe) {
             Some((ts, ..)) => {
                 staged.0.insert(Key::DedupeAge { uid: uid.into(), ts, cid: cid.into() }.encode(), None);
             }
@@ -61,23 +61,23 @@ impl Inner {
         for item in self.engine.db()?.scan_prefix(&prefix) {
             let (k, _) = item?;
             // A key the overlay or this publish writes is decided there.
-            if !w.pending.0.contains_key(k.as_ref()) && !staged.0.contains_key(k.as_ref()) {
+            if !staged.0.contains_key(k.as_ref()) && w.overlay().iter().all(|p| !p.0.contains_key(k.as_ref())) {
                 on_disk = Some(k.to_vec());
                 break;
             }
         }
-        let in_overlay = w
-            .pending
-            .0
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .find(|(k, v)| v.is_some() && !staged.0.contains_key(*k))
-            .map(|(k, _)| k.clone());
-        let first = match (on_disk, in_overlay) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        // In each overlay layer, the first live key that no newer layer decides.
+        let [newer, older] = w.overlay();
+        let first_live = |layer: &Pending, above: &[&Pending]| {
+            layer
+                .0
+                .range(prefix.clone()..)
+                .take_while(|(k, _)| k.starts_with(&prefix))
+                .find(|(k, v)| v.is_some() && above.iter().all(|p| !p.0.contains_key(*k)))
+                .map(|(k, _)| k.clone())
         };
-        Ok(first.and_then(|k| Key::decode(&k)))
+        let candidates = [on_disk, first_live(newer, &[staged]), first_live(older, &[staged, newer])];
+        Ok(candidates.into_iter().flatten().min().and_then(|k| Key::decode(&k)))
     }
 
     /// Drops every dedupe record written at or before `now_ms - ttl`: one seek per uid that

@@ -63,7 +63,7 @@ pub(super) fn applier(store: Weak<Inner>, signal: Arc<Signal>) {
             signal.ring(false);
             continue;
         }
-        let failed = inner.settled().err();
+        let failed = inner.apply_off_lock().err();
         let broken = inner.engine.is_broken();
         drop(inner);
         if let Some(e) = failed {
@@ -85,12 +85,14 @@ impl Inner {
     /// never took, is applied to the reopened store; the queue bookkeeping is read again from
     /// disk, since writes sled took but never flushed are gone with the old handle.
     pub(super) fn recover(&self) -> bool {
+        let _one = self.apply_lock.locked();
         let mut w = self.lock();
         if !self.engine.try_reopen() {
             return false;
         }
         w.queues.0.clear();
         w.dedupes.clear();
+        w.seqs.clear();
         if let Err(e) = self.apply(&mut w) {
             // The bookkeeping just cleared would be reloaded from sled without the overlay's
             // entries: no write may run until the overlay is in, so back to broken, and the
@@ -104,22 +106,45 @@ impl Inner {
 
     /// Apply the overlay now (one atomic batch). On error it is kept, and the error returned.
     pub(super) fn apply(&self, w: &mut Writer) -> Result<()> {
+        debug_assert!(w.applying.0.is_empty(), "a batch in flight must reach sled first");
         if w.pending.0.is_empty() {
             return Ok(());
         }
-        let mut b = sled::Batch::default();
-        for (k, v) in w.pending.0.iter() {
-            match v {
-                Some(v) => b.insert(k.as_slice(), v.as_slice()),
-                None => b.remove(k.as_slice()),
-            }
-        }
-        self.engine.write(|db| db.apply_batch(b))?;
+        self.engine.write(|db| db.apply_batch(to_batch(&w.pending)))?;
         w.pending.0.clear();
         Ok(())
     }
 
+    /// The applier's way: the overlay is swapped for an empty one under the writer lock, and
+    /// sled takes it with no lock held, so publishes go on staging meanwhile (under the lock,
+    /// sled's 5 to 20 ms batches held every publish of the node, BENCHMARKS.md). Reads look
+    /// through the batch in flight until sled has it. On error it goes back under what was
+    /// staged since (a newer write of a key wins, as it would in sled), for the next try.
+    pub(super) fn apply_off_lock(&self) -> Result<()> {
+        let _one = self.apply_lock.locked();
+        let batch = {
+            let mut w = self.lock();
+            if w.pending.0.is_empty() {
+                return Ok(());
+            }
+            let batch = Arc::new(std::mem::take(&mut w.pending));
+            w.applying = batch.clone();
+            batch
+        };
+        let res = self.engine.write(|db| db.apply_batch(to_batch(&batch)));
+        let mut w = self.lock();
+        w.applying = Arc::default();
+        if res.is_err() {
+            for (k, v) in batch.0.iter() {
+                w.pending.0.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        res
+    }
+
+    /// Everything staged is in sled when this returns, and stays so while the guard is held.
     pub(super) fn settled(&self) -> Result<std::sync::MutexGuard<'_, Writer>> {
+        let _one = self.apply_lock.locked();
         let mut w = self.lock();
         self.apply(&mut w)?;
         Ok(w)
@@ -131,6 +156,7 @@ impl Inner {
     /// (A replay in that window can miss such a publish that went out live and still report
     /// `recovered:true`; queue entries it drains cannot be dequeued and come again later.)
     pub(super) fn settled_for_read(&self) -> Result<()> {
+        let _one = self.apply_lock.locked();
         let mut w = self.lock();
         if self.engine.is_broken() {
             return Ok(());
@@ -169,7 +195,8 @@ impl Inner {
         // A full overlay is applied before this publish joins it, so that an error leaves
         // nothing of this publish behind (its staged reads stay valid: apply only moves
         // the overlay into sled).
-        if w.pending.0.len() + staged.0.len() >= APPLY_AT_OPS {
+        // (While a batch is in flight, sled must take that one first: the overlay grows on.)
+        if w.pending.0.len() + staged.0.len() >= APPLY_AT_OPS && w.applying.0.is_empty() {
             self.apply(w)?;
         }
         let was_empty = w.pending.0.is_empty();
@@ -185,4 +212,15 @@ impl Inner {
         }
         Ok(())
     }
+}
+
+fn to_batch(p: &Pending) -> sled::Batch {
+    let mut b = sled::Batch::default();
+    for (k, v) in p.0.iter() {
+        match v {
+            Some(v) => b.insert(k.as_slice(), v.as_slice()),
+            None => b.remove(k.as_slice()),
+        }
+    }
+    b
 }

@@ -54,7 +54,7 @@ impl Inner {
     fn queue_push(
         &self,
         staged: &mut Pending,
-        pending: &Pending,
+        overlay: [&Pending; 2],
         q: &mut QueueState,
         uid: &str,
         a: &Append,
@@ -72,7 +72,7 @@ impl Inner {
                 break;
             }
             let k = keys::queue_key(uid, q.head);
-            match self.get(&[staged, pending], &k)? {
+            match self.get(&[staged, overlay[0], overlay[1]], &k)? {
                 // dequeued earlier: a hole
                 None => q.head += 1,
                 Some(v) if over(q) || self.expired(&v, a.now_ms) => {
@@ -106,7 +106,7 @@ impl Inner {
         let mut updated = Vec::with_capacity(a.offline.len());
         for uid in a.offline {
             let mut q = *self.queue_state(&mut w.queues, uid)?;
-            self.queue_push(staged, &w.pending, &mut q, uid, a, prev)?;
+            self.queue_push(staged, w.overlay(), &mut q, uid, a, prev)?;
             updated.push((*uid, q));
         }
         Ok(updated)
