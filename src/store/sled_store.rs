@@ -105,8 +105,10 @@ impl SledStore {
         Ok(SledStore { inner, applier: Some(applier) })
     }
 
-    /// The raw tree, for `natter keys`/`get`.
+    /// The raw tree, for `natter keys`/`get` and restore: with the overlay applied first, so
+    /// that it holds every write made so far.
     pub fn tree(&self) -> Result<sled::Db> {
+        drop(self.settled()?);
         self.engine.db()
     }
 
@@ -129,48 +131,54 @@ impl Drop for SledStore {
     }
 }
 
-impl Store for SledStore {
-    fn add_member(&self, room: &str, uid: &str) -> Result<bool> {
-        let _w = self.settled()?;
+impl SledStore {
+    /// Stages a membership change; returns whether the uid was a member before.
+    fn set_member(&self, room: &str, uid: &str, member: bool) -> Result<bool> {
+        self.refuse_if_broken()?;
+        let mut w = self.lock();
         let k = Key::Member { room: room.into(), uid: uid.into() }.encode();
-        let new = self.engine.db()?.get(&k)?.is_none();
-        let mut b = sled::Batch::default();
-        b.insert(k, &[]);
-        b.insert(Key::UserRoom { uid: uid.into(), room: room.into() }.encode(), &[]);
-        self.engine.write(|db| db.apply_batch(b))?;
-        Ok(new)
+        let was = self.get(&w.overlay(), &k)?.is_some();
+        let mut staged = Pending::default();
+        let value = member.then(Vec::new);
+        staged.0.insert(k, value.clone());
+        staged.0.insert(Key::UserRoom { uid: uid.into(), room: room.into() }.encode(), value);
+        self.merge(&mut w, staged, Vec::new(), None)?;
+        Ok(was)
+    }
+}
+
+impl Store for SledStore {
+    /// Membership goes through the overlay like a publish: an atomic sled batch of its own per
+    /// login made sled write its log twice (BENCHMARKS.md), a third of the server's core when
+    /// thousands of users log in at once.
+    fn add_member(&self, room: &str, uid: &str) -> Result<bool> {
+        Ok(!self.set_member(room, uid, true)?)
     }
 
     fn remove_member(&self, room: &str, uid: &str) -> Result<bool> {
-        let _w = self.settled()?;
-        let k = Key::Member { room: room.into(), uid: uid.into() }.encode();
-        let existed = self.engine.db()?.get(&k)?.is_some();
-        let mut b = sled::Batch::default();
-        b.remove(k);
-        b.remove(Key::UserRoom { uid: uid.into(), room: room.into() }.encode());
-        self.engine.write(|db| db.apply_batch(b))?;
-        Ok(existed)
+        self.set_member(room, uid, false)
     }
 
     fn user_rooms(&self, uid: &str) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        for item in self.engine.db()?.scan_prefix(keys::user_rooms_prefix(uid)) {
-            if let Some(Key::UserRoom { room, .. }) = Key::decode(&item?.0) {
-                out.push(room);
-            }
-        }
-        Ok(out)
+        let entries = self.scan_through(&keys::user_rooms_prefix(uid))?;
+        Ok(entries
+            .iter()
+            .filter_map(|(k, _)| match Key::decode(k) {
+                Some(Key::UserRoom { room, .. }) => Some(room),
+                _ => None,
+            })
+            .collect())
     }
 
     fn members(&self, room: &str) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        for item in self.engine.db()?.scan_prefix(keys::members_prefix(room)) {
-            let (k, _) = item?;
-            if let Some(Key::Member { uid, .. }) = Key::decode(&k) {
-                out.push(uid);
-            }
-        }
-        Ok(out)
+        let entries = self.scan_through(&keys::members_prefix(room))?;
+        Ok(entries
+            .iter()
+            .filter_map(|(k, _)| match Key::decode(k) {
+                Some(Key::Member { uid, .. }) => Some(uid),
+                _ => None,
+            })
+            .collect())
     }
 
     fn set_online(&self, room: &str, uid: &str, conns: u32) -> Result<()> {
@@ -298,10 +306,8 @@ impl Store for SledStore {
     }
 
     fn queued(&self, uid: &str, room: &str, now_ms: u64) -> Result<Vec<Queued>> {
-        self.settled_for_read()?;
         let mut out = Vec::new();
-        for item in self.engine.db()?.scan_prefix(keys::queue_prefix(uid)) {
-            let (k, v) = item?;
+        for (k, v) in self.scan_through(&keys::queue_prefix(uid))? {
             let (Some(Key::Queue { n, .. }), Some(e)) = (Key::decode(&k), val::parse_entry(&v)) else { continue };
             if e.room == room && e.ts + self.bounds.offline_ttl_ms > now_ms {
                 out.push(Queued { n, id: e.id, prev: e.prev, json: Bytes::copy_from_slice(e.rest) });

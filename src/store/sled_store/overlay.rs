@@ -167,6 +167,29 @@ impl Inner {
         }
     }
 
+    /// The entries under `prefix` as sled and the overlay hold them together, in key order:
+    /// what the overlay writes or removes wins. A scan that needs no settling, so no sled batch
+    /// on the way (a login reads its queue and rooms this way). The writer lock is held
+    /// throughout, so the batch in flight (if any) is still there to lay over whatever part of
+    /// it sled has taken.
+    pub(super) fn scan_through(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let w = self.lock();
+        let mut all = BTreeMap::new();
+        for item in self.engine.db()?.scan_prefix(prefix) {
+            let (k, v) = item?;
+            all.insert(k.to_vec(), v.to_vec());
+        }
+        for layer in [&w.applying, &w.pending] {
+            for (k, v) in layer.0.range(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix)) {
+                match v {
+                    Some(v) => all.insert(k.clone(), v.clone()),
+                    None => all.remove(k),
+                };
+            }
+        }
+        Ok(all.into_iter().collect())
+    }
+
     /// A point read through the overlays (first match wins), then sled.
     pub(super) fn get(&self, layers: &[&Pending], k: &[u8]) -> Result<Option<Vec<u8>>> {
         match layers.iter().find_map(|p| p.0.get(k)) {
