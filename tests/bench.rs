@@ -219,3 +219,19 @@ async fn two_runs_on_one_echo_room_count_only_their_own() {
     assert_all_delivered(&a);
     assert_all_delivered(&b);
 }
+
+/// `fanout --cid`: every message carries a cid, and natter acks each one once flushed; the
+/// report counts the acks (all of them, in a shape matrix too: the cids differ per shape).
+#[tokio::test]
+async fn fanout_with_cids_counts_every_ack() {
+    let s = Server::start(ServerOpts::new().arg("--rate-per-sec", 1000).arg("--rate-burst", 1000)).await;
+    let r = bench(&s, &["fanout", "--shapes", "3x2,2x3", "--cid", "--warmup", "0.2", "--duration", "0.5"]);
+    for shape in r.as_array().expect("a shape matrix is a JSON array") {
+        assert_all_delivered(shape);
+        let extra: std::collections::HashMap<String, f64> = serde_json::from_value(shape["extra"].clone())
+            .map(|v: Vec<(String, f64)>| v.into_iter().collect())
+            .unwrap();
+        assert_eq!(extra["acks"], shape["sent"].as_u64().unwrap() as f64, "{shape}");
+        assert_eq!(extra["sent, not acked"], 0.0, "{shape}");
+    }
+}

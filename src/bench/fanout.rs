@@ -22,6 +22,8 @@ pub struct Opts {
     pub duration: Duration,
     /// Messages a second per sender; `None`: closed loop.
     pub rate: Option<f64>,
+    /// Each message with a `cid` (acked by natter once flushed).
+    pub cid: bool,
 }
 
 struct RoomSync {
@@ -33,6 +35,8 @@ struct RoomSync {
 struct Fanout {
     stats: Arc<Stats>,
     run: u32,
+    cid: bool,
+    acks: AtomicU64,
     m: u32,
     rooms: Vec<RoomSync>,
     /// Last sequence each receiver saw from each sender of its room: `receiver * m + sender % m`.
@@ -42,7 +46,9 @@ struct Fanout {
 impl Handler for Fanout {
     fn on_text(&self, member: u32, frame: &[u8]) {
         let Some(mark) = payload::parse(frame, self.run) else {
-            if super::client::find(frame, br#""event":"error""#).is_some() {
+            if super::client::find(frame, br#""event":"ack""#).is_some() {
+                self.acks.fetch_add(1, Relaxed);
+            } else if super::client::find(frame, br#""event":"error""#).is_some() {
                 self.stats.errors.fetch_add(1, Relaxed); // e.g. rate_limited: the server refused it
                 if super::client::find(frame, br#""code":"rate_limited""#).is_some() {
                     self.stats.rate_limited.fetch_add(1, Relaxed);
@@ -81,6 +87,8 @@ pub async fn run(setup: &Setup, o: Opts) -> anyhow::Result<Report> {
     let handler = Arc::new(Fanout {
         stats: stats.clone(),
         run: setup.run,
+        cid: o.cid,
+        acks: AtomicU64::new(0),
         m: o.members,
         rooms: (0..o.rooms)
             .map(|_| RoomSync { round: AtomicU64::new(0), pending: AtomicU64::new(0), done: Notify::new() })
@@ -98,7 +106,9 @@ pub async fn run(setup: &Setup, o: Opts) -> anyhow::Result<Report> {
         None => (0..o.rooms)
             .map(|r| tokio::spawn(closed_loop(handler.clone(), members.clone(), r, o.size, stop.clone())))
             .collect(),
-        Some(rate) => vec![tokio::spawn(open_loop(stats.clone(), members.clone(), run, rate, o.size, stop.clone()))],
+        Some(rate) => {
+            vec![tokio::spawn(open_loop(stats.clone(), members.clone(), run, o.cid, rate, o.size, stop.clone()))]
+        }
     };
     tokio::time::sleep(o.warmup).await;
     stats.reset_latency();
@@ -135,7 +145,14 @@ pub async fn run(setup: &Setup, o: Opts) -> anyhow::Result<Report> {
         rate_limited: stats.rate_limited.load(Relaxed),
         closed_by_server: stats.closed.load(Relaxed),
         latency,
-        extra: vec![],
+        extra: if o.cid {
+            // Acks trail the deliveries by a group flush: wait for them too (or 2 s of none).
+            super::report::settle(&handler.acks, sent, Duration::from_secs(2)).await;
+            let acks = handler.acks.load(Relaxed);
+            vec![("acks".into(), acks as f64), ("sent, not acked".into(), sent.saturating_sub(acks) as f64)]
+        } else {
+            vec![]
+        },
     })
 }
 
@@ -164,7 +181,8 @@ async fn closed_loop(
         sync.round.store(round, Relaxed);
         let t = h.stats.now_micros();
         for member in mine {
-            member.say(&payload::text(h.run, member.index, round, t, size));
+            let cid = h.cid.then(|| payload::cid(h.run, member.index, round));
+            member.say(&payload::text(h.run, member.index, round, t, size), cid.as_deref());
         }
         h.stats.sent.fetch_add(m as u64, Relaxed);
         tokio::select! {
@@ -183,6 +201,7 @@ async fn open_loop(
     stats: Arc<Stats>,
     members: Arc<Vec<Member>>,
     run: u32,
+    cid: bool,
     rate: f64,
     size: usize,
     stop: tokio_util::sync::CancellationToken,
@@ -201,7 +220,8 @@ async fn open_loop(
         while sent < due {
             seq[next] += 1;
             let m = &members[next];
-            m.say(&payload::text(run, m.index, seq[next], t, size));
+            let c = cid.then(|| payload::cid(run, m.index, seq[next]));
+            m.say(&payload::text(run, m.index, seq[next], t, size), c.as_deref());
             sent += 1;
             stats.sent.fetch_add(1, Relaxed);
             next = (next + 1) % members.len();

@@ -42,10 +42,14 @@ pub struct Member {
 }
 
 impl Member {
-    /// Queue a `message` event; `text` is a bench payload (ASCII, nothing to escape). Each
-    /// client frame carries a mask of its own, so it is encoded here, per member.
-    pub fn say(&self, text: &str) -> bool {
-        let event = format!(r#"{{"event":"message","roomid":"{}","message":"{text}"}}"#, self.room);
+    /// Queue a `message` event; `text` is a bench payload (ASCII, nothing to escape), with a
+    /// cid when given (ASCII too). Each client frame carries a mask of its own, so it is
+    /// encoded here, per member.
+    pub fn say(&self, text: &str, cid: Option<&str>) -> bool {
+        let event = match cid {
+            Some(cid) => format!(r#"{{"event":"message","roomid":"{}","message":"{text}","cid":"{cid}"}}"#, self.room),
+            None => format!(r#"{{"event":"message","roomid":"{}","message":"{text}"}}"#, self.room),
+        };
         self.tx.send(client::text_frame(event.as_bytes())).is_ok()
     }
 

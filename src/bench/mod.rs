@@ -116,6 +116,10 @@ pub struct FanoutArgs {
     /// comma-separated (e.g. `500x2,200x5,1x100`); a summary table follows the reports.
     #[arg(long, value_delimiter = ',', value_parser = parse_shape, conflicts_with_all = ["rooms", "members"])]
     pub shapes: Vec<(u32, u32)>,
+    /// Every message carries a `cid`, so the server acks each once it is flushed to disk; the
+    /// report counts the acks (natter only: the tutorial server has no acks).
+    #[arg(long)]
+    pub cid: bool,
 }
 
 /// `ROOMSxMEMBERS`, both positive, at least 2 members.
@@ -301,6 +305,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 warmup: secs(f.warmup, "--warmup")?,
                 duration: secs(f.duration, "--duration")?,
                 rate: f.rate,
+                cid: f.cid,
             };
             if !f.shapes.is_empty() {
                 let (mut reports, base) = (Vec::new(), setup.run);
@@ -324,6 +329,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 warmup: secs(l.warmup, "--warmup")?,
                 duration: secs(l.duration, "--duration")?,
                 rate: Some(l.rate),
+                cid: false,
             };
             let mut r = rt.block_on(fanout::run(&setup, o))?;
             r.scenario = format!("latency: {} members, {}/s per sender", l.members, l.rate);

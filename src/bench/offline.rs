@@ -106,7 +106,7 @@ pub async fn run(setup: &Setup, o: Opts) -> anyhow::Result<Report> {
     let loops: Vec<_> = (0..s as usize)
         .map(|i| {
             let (h, senders, stats, messages, size) = (h.clone(), senders.clone(), stats.clone(), o.messages, o.size);
-            let (room, run) = (room_name.clone(), setup.run);
+            let run = setup.run;
             tokio::spawn(async move {
                 let snd = &senders[i];
                 for seq in 1..=messages as u64 {
@@ -118,10 +118,7 @@ pub async fn run(setup: &Setup, o: Opts) -> anyhow::Result<Report> {
                         }
                     }
                     let text = payload::text(run, snd.index, seq, stats.now_micros(), size);
-                    snd.send_json(&format!(
-                        r#"{{"event":"message","roomid":"{room}","message":"{text}","cid":"c{run}-{}-{seq}"}}"#,
-                        snd.index
-                    ));
+                    snd.say(&text, Some(&payload::cid(run, snd.index, seq)));
                     stats.sent.fetch_add(1, Relaxed);
                 }
             })

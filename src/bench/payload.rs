@@ -12,6 +12,12 @@ pub fn text(run: u32, sender: u32, seq: u64, micros: u64, size: usize) -> String
     s
 }
 
+/// A message's `cid`: unique per run, sender and sequence, since natter dedupes a uid's cids
+/// across rooms for 10 minutes (and the runs of one bench reuse the uids).
+pub fn cid(run: u32, sender: u32, seq: u64) -> String {
+    format!("c{run}-{sender}-{seq}")
+}
+
 /// What a received frame carries, if it is a bench message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mark {
