@@ -9,6 +9,8 @@
 #
 # Servers: natter over ws and wss, the tutorial's Node.js server in memory mode and, when
 # redis-server is installed (or can be: root + apt), in Redis mode, and the raw reference.
+# BEFORE=path/to/an/older/natter adds that build over ws to the shape matrix and its latency
+# run, for before/after figures from the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -56,6 +58,9 @@ start natter-ws 9401 "$natter" serve --listen 127.0.0.1:9401 --data "$work/ws" -
 start natter-wss 9402 "$natter" serve --dev --listen 127.0.0.1:9402 --data "$work/wss" --jwt-secret $SECRET "${lim[@]}"
 start raw-tcp 9405 "$raw" 127.0.0.1:9405
 servers=(natter-ws natter-wss raw-tcp)
+if [ -n "${BEFORE:-}" ]; then
+  start natter-before 9406 "$BEFORE" serve --listen 127.0.0.1:9406 --data "$work/before" --jwt-secret $SECRET "${lim[@]}"
+fi
 if [ -x "$TUTORIAL" ]; then
   PORT=9403 JWT_SECRET=$SECRET start tutorial-memory 9403 "$TUTORIAL" memory
   servers+=(tutorial-memory)
@@ -76,7 +81,7 @@ else
 fi
 
 url() {
-  case $1 in natter-wss) echo "wss://127.0.0.1:${port_of[$1]}/ws" ;; natter-ws) echo "ws://127.0.0.1:${port_of[$1]}/ws" ;; *) echo "ws://127.0.0.1:${port_of[$1]}/" ;; esac
+  case $1 in natter-wss) echo "wss://127.0.0.1:${port_of[$1]}/ws" ;; natter-ws | natter-before) echo "ws://127.0.0.1:${port_of[$1]}/ws" ;; *) echo "ws://127.0.0.1:${port_of[$1]}/" ;; esac
 }
 # bench SERVER LABEL ARGS...: one run, JSON kept as $OUT/SERVER--LABEL.json
 bench() {
@@ -96,7 +101,19 @@ for m in $SIZES; do
   for s in "${servers[@]}"; do bench "$s" "fanout-$m" fanout --members "$m" --warmup $WARM --duration $DUR; done
 done
 # Many rooms at once, by shape (one JSON array per server).
-for s in "${servers[@]}"; do bench "$s" shapes fanout --shapes "$SHAPES" --warmup $WARM --duration $DUR; done
+shape_servers=("${servers[@]}")
+[ -n "${BEFORE:-}" ] && shape_servers+=(natter-before)
+for s in "${shape_servers[@]}"; do bench "$s" shapes fanout --shapes "$SHAPES" --warmup $WARM --duration $DUR; done
+# The same with a cid on every message: each acked once flushed (natter only: no acks elsewhere).
+for s in natter-ws natter-wss; do bench "$s" shapes-cid fanout --shapes "$SHAPES" --cid --warmup $WARM --duration $DUR; done
+# Open loop in 200 rooms of 5 at half of each server's own 200x5 closed-loop publishes/s.
+for s in "${shape_servers[@]}"; do
+  f=$OUT/$s--shapes.json
+  [ -f "$f" ] || continue
+  rate=$(python3 -c "import json;r=[x for x in json.load(open('$f')) if ' 200 room(s) x 5 ' in x['scenario']];print(max(0.1, r[0]['deliveries_per_s']/4/2/1000) if r else 0)")
+  [ "$rate" = 0 ] && continue
+  bench "$s" latency-200x5 fanout --rooms 200 --members 5 --rate "$rate" --warmup $WARM --duration $DUR
+done
 # Latency at half of each server's own maximum throughput in the room of 100.
 for s in "${servers[@]}"; do
   f=$OUT/$s--fanout-100.json

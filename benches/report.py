@@ -14,7 +14,7 @@ for path in glob.glob(os.path.join(out, "*--*.json")):
     with open(path) as f:
         runs[(server, label)] = json.load(f)
 
-ORDER = ["natter-ws", "natter-wss", "raw-tcp", "tutorial-memory", "tutorial-redis"]
+ORDER = ["natter-ws", "natter-wss", "natter-before", "raw-tcp", "tutorial-memory", "tutorial-redis"]
 servers = [s for s in ORDER if any(k[0] == s for k in runs)]
 BASE = "natter-ws"
 
@@ -77,13 +77,25 @@ table("Fan-out by shape, rooms x members, closed loop (ratio to natter over ws)"
 
 rows = []
 for s in servers:
-    r = runs.get((s, "latency-half"))
-    if r:
-        l = r["latency"]
-        rows.append([s, f"{r['deliveries_per_s']:,.0f}", f"{l['p50_ms']:.2f}", f"{l['p90_ms']:.2f}",
-                     f"{l['p99_ms']:.2f}", f"{l['p999_ms']:.2f}", f"{l['max_ms']:.2f}", str(r["lost"])])
-table("Latency at half of each server's own maximum, room of 100 (ms)",
-      ["server", "deliveries/s", "p50", "p90", "p99", "p99.9", "max", "lost"], rows)
+    for shape, r in ({shape_of(r)[0]: r for r in runs[(s, "shapes-cid")]} if (s, "shapes-cid") in runs else {}).items():
+        members = shape_of(r)[1]
+        plain = shape_runs.get(s, {}).get(shape, {}).get("deliveries_per_s", 0)
+        rows.append([shape, s, f"{r['deliveries_per_s'] / (members - 1):,.0f}", ratio(r["deliveries_per_s"], plain),
+                     f"{extra(r, 'acks'):,.0f}", f"{extra(r, 'sent, not acked'):,.0f}", f"{r['latency']['p99_ms']:.2f}",
+                     str(r["lost"] + r["duplicates"])])
+table("Fan-out by shape with a cid on every message (each acked after a group flush)",
+      ["shape", "server", "publishes/s", "vs no cid", "acks", "not acked", "p99 ms", "lost+dup"], rows)
+
+for label, title in [("latency-half", "Latency at half of each server's own maximum, room of 100 (ms)"),
+                     ("latency-200x5", "Latency at half of each server's own maximum, 200 rooms of 5, open loop (ms)")]:
+    rows = []
+    for s in servers:
+        r = runs.get((s, label))
+        if r:
+            l = r["latency"]
+            rows.append([s, f"{r['deliveries_per_s']:,.0f}", f"{l['p50_ms']:.2f}", f"{l['p90_ms']:.2f}",
+                         f"{l['p99_ms']:.2f}", f"{l['p999_ms']:.2f}", f"{l['max_ms']:.2f}", str(r["lost"])])
+    table(title, ["server", "deliveries/s", "p50", "p90", "p99", "p99.9", "max", "lost"], rows)
 
 rows = []
 for (s, l), r in sorted(runs.items()):
@@ -109,7 +121,7 @@ with open(os.path.join(out, "summary.md"), "w") as f:
     f.write(summary)
 
 # --- plots -----------------------------------------------------------------------------------
-COLORS = {"natter-ws": "#3d5afe", "natter-wss": "#00a676", "raw-tcp": "#888888",
+COLORS = {"natter-ws": "#3d5afe", "natter-wss": "#00a676", "natter-before": "#9fa8da", "raw-tcp": "#888888",
           "tutorial-memory": "#e65100", "tutorial-redis": "#b71c1c"}
 W, H, L, R, T, B = 720, 420, 80, 170, 40, 50
 

@@ -1,8 +1,9 @@
 //! The embedded backend: one sled tree, keys laid out by `keys`, multi-key updates applied as
-//! atomic batches, read-modify-write of queues under one writer lock. Publishes are grouped:
-//! each sled batch costs two log writes (sled rolls its IO buffer around every batch), so
-//! appends collect in an overlay that is applied as one batch every few milliseconds, before
-//! any scan, and before every flush.
+//! atomic batches, read-modify-write of queues under one writer lock. Writes are grouped: each
+//! sled batch costs two log writes (sled rolls its IO buffer around every batch), so appends and
+//! membership changes collect in an overlay that is applied as one batch every few
+//! milliseconds (with no lock held), before most scans, and before every flush; a login's
+//! reads look through it.
 
 use std::collections::HashMap;
 use std::path::Path;
