@@ -65,17 +65,17 @@ async fn offline_messages_that_do_not_fit_stay_queued() {
                 Incoming::Json(_) => {}
                 Incoming::Close(code, _) => {
                     assert_eq!(code, Some(1013));
-                    // Until the server drops the socket: its reader has then handled all this
-                    // client sent before its close reply, the pong that confirms what arrived
-                    // included, so the next login starts after what this one confirmed.
-                    b.wait_dropped(Duration::from_secs(5)).await;
                     break;
                 }
                 Incoming::Eof(_) | Incoming::Timeout => break,
                 _ => {}
             }
         }
-        assert!(this_login.last().is_some_and(|l| *l > got_before), "login {attempt} got further: {this_login:?}");
+        // A login may repeat what the last one got: entries leave the queue only when the pong
+        // that confirms them arrives, and a client may lose that pong (tungstenite replaces a
+        // pong it could not write yet with its close reply). It never skips one, and over the
+        // attempts the whole queue arrives (asserted below).
+        assert!(this_login.first().is_some_and(|f| *f <= got_before + 1), "login {attempt} skipped: {this_login:?}");
         if got.len() >= 20 {
             break;
         }

@@ -67,12 +67,6 @@ impl Client {
         }
     }
 
-    /// After a close frame: waits (up to `dur`) until the server drops the socket, so that the
-    /// server has handled everything this client sent before its close reply.
-    pub async fn wait_dropped(&mut self, dur: Duration) {
-        let _ = tokio::time::timeout(dur, async { while let Some(Ok(_)) = self.ws.next().await {} }).await;
-    }
-
     /// Next JSON object (default timeout); panics on anything else.
     pub async fn recv_json(&mut self) -> Value {
         self.recv_json_within(RECV_TIMEOUT).await
