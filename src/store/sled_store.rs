@@ -161,25 +161,17 @@ impl Store for SledStore {
     }
 
     fn user_rooms(&self, uid: &str) -> Result<Vec<String>> {
-        let entries = self.scan_through(&keys::user_rooms_prefix(uid))?;
-        Ok(entries
-            .iter()
-            .filter_map(|(k, _)| match Key::decode(k) {
-                Some(Key::UserRoom { room, .. }) => Some(room),
-                _ => None,
-            })
-            .collect())
+        self.keys_through(&keys::user_rooms_prefix(uid), |k| match k {
+            Key::UserRoom { room, .. } => Some(room),
+            _ => None,
+        })
     }
 
     fn members(&self, room: &str) -> Result<Vec<String>> {
-        let entries = self.scan_through(&keys::members_prefix(room))?;
-        Ok(entries
-            .iter()
-            .filter_map(|(k, _)| match Key::decode(k) {
-                Some(Key::Member { uid, .. }) => Some(uid),
-                _ => None,
-            })
-            .collect())
+        self.keys_through(&keys::members_prefix(room), |k| match k {
+            Key::Member { uid, .. } => Some(uid),
+            _ => None,
+        })
     }
 
     fn set_online(&self, room: &str, uid: &str, conns: u32) -> Result<()> {

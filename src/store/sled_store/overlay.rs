@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::sync::LockExt;
 
+use super::keys::Key;
 use super::queue::QueueState;
 use super::{Inner, Result, Writer};
 
@@ -179,7 +180,7 @@ impl Inner {
             let (k, v) = item?;
             all.insert(k.to_vec(), v.to_vec());
         }
-        for layer in [&w.applying, &w.pending] {
+        for layer in w.overlay().into_iter().rev() {
             for (k, v) in layer.0.range(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix)) {
                 match v {
                     Some(v) => all.insert(k.clone(), v.clone()),
@@ -188,6 +189,11 @@ impl Inner {
             }
         }
         Ok(all.into_iter().collect())
+    }
+
+    /// What `pick` takes of each key under `prefix`, through the overlay (`scan_through`).
+    pub(super) fn keys_through<T>(&self, prefix: &[u8], pick: impl Fn(Key) -> Option<T>) -> Result<Vec<T>> {
+        Ok(self.scan_through(prefix)?.into_iter().filter_map(|(k, _)| Key::decode(&k).and_then(&pick)).collect())
     }
 
     /// A point read through the overlays (first match wins), then sled.
